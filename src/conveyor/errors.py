@@ -1,0 +1,108 @@
+"""The whole Conveyor exception tree, in one place.
+
+::
+
+    ConveyorError
+      ConfigError                  bad URL, setting or CLI input
+      BrokerError
+        BrokerConnectionError      the broker cannot be reached
+      StoreError
+        TaskNotFound               no task with that id was ever submitted
+        InvalidTransition          the lifecycle forbids that status change
+        ConcurrentUpdate           someone else changed the task first (compare-and-set lost)
+      TaskError
+        UnknownTask                no handler registered for a task type
+        SerializationError         params/result are not JSON
+        TaskTimeout                a handler ran past its timeout
+      TaskFailed                   raised by TaskHandle.result() for a failed/cancelled task
+
+    Retry(delay_s)                 raised by handler code: run me again later
+    Abort                          raised by handler code: fail now, never retry
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConveyorError(Exception):
+    """Root of every error Conveyor raises."""
+
+
+class ConfigError(ConveyorError):
+    pass
+
+
+class BrokerError(ConveyorError):
+    pass
+
+
+class BrokerConnectionError(BrokerError):
+    pass
+
+
+class StoreError(ConveyorError):
+    pass
+
+
+class TaskNotFound(StoreError):
+    def __init__(self, task_id: object) -> None:
+        super().__init__(f"unknown task id {task_id}")
+        self.task_id = task_id
+
+
+class InvalidTransition(StoreError):
+    def __init__(self, task_id: object, from_status: str, to_status: str) -> None:
+        super().__init__(f"task {task_id}: cannot go from {from_status} to {to_status}")
+        self.task_id = task_id
+        self.from_status = from_status
+        self.to_status = to_status
+
+
+class ConcurrentUpdate(StoreError):
+    def __init__(self, task_id: object) -> None:
+        super().__init__(f"task {task_id} was changed concurrently")
+        self.task_id = task_id
+
+
+class TaskError(ConveyorError):
+    pass
+
+
+class UnknownTask(TaskError):
+    def __init__(self, task_type: str) -> None:
+        super().__init__(f"no handler registered for task type {task_type!r}")
+        self.task_type = task_type
+
+
+class SerializationError(TaskError):
+    pass
+
+
+class TaskTimeout(TaskError):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"task ran longer than its timeout of {timeout_s:g} s")
+        self.timeout_s = timeout_s
+
+
+class TaskFailed(ConveyorError):
+    """The task ended as failed or cancelled; ``error`` holds the recorded error."""
+
+    def __init__(self, task_id: object, status: str, error: dict[str, Any] | None) -> None:
+        message = (error or {}).get("message") or status
+        super().__init__(f"task {task_id} {status}: {message}")
+        self.task_id = task_id
+        self.status = status
+        self.error = error
+
+
+class Retry(Exception):  # noqa: N818 - a verb handlers raise, like dramatiq's Retry
+    """Raise from a handler to be run again after ``delay_s`` (counts as an attempt)."""
+
+    def __init__(self, delay_s: float | None = None, message: str = "retry requested") -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class Abort(Exception):  # noqa: N818 - a verb handlers raise
+    """Raise from a handler to fail the task now, with no further attempts."""

@@ -1,0 +1,123 @@
+"""The task message on the wire: a JSON object, encoded and decoded here and nowhere else.
+
+See docs/protocol.md and protocol/task-message.schema.json. JSON only, never pickle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from conveyor.errors import SerializationError
+from conveyor.model import JSON, Task, iso, parse_iso
+
+PROTOCOL_VERSION = 1
+CONTENT_TYPE = "application/json"
+MAX_MESSAGE_BYTES = 1024 * 1024  # 1 MiB: larger bodies are dead-lettered, larger params refused
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: uuid.UUID
+    type: str
+    params: dict[str, JSON]
+    queue: str = "default"
+    priority: int = 0
+    attempt: int = 1  # the attempt this delivery is for, from 1
+    max_attempts: int = 3
+    timeout: float | None = None
+    eta: float | None = None
+    trace: dict[str, str] = field(default_factory=dict)  # W3C trace context, passed through
+
+    @classmethod
+    def for_task(cls, task: Task, trace: dict[str, str] | None = None) -> Message:
+        return cls(
+            id=task.id, type=task.type, params=task.params, queue=task.queue,
+            priority=task.priority, attempt=task.attempts + 1, max_attempts=task.max_attempts,
+            timeout=task.timeout, eta=task.eta, trace=trace or {},
+        )
+
+    def to_task(self) -> Task:
+        """A task record for a message that reached a worker without going through a store
+        (a client in another language published it straight to the broker)."""
+        return Task(
+            id=self.id, type=self.type, params=self.params, queue=self.queue,
+            priority=self.priority, attempts=self.attempt - 1, max_attempts=self.max_attempts,
+            timeout=self.timeout, eta=self.eta,
+        )
+
+
+def dumps(value: Any) -> bytes:
+    """JSON-encode, or raise SerializationError naming what is not JSON."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise SerializationError(f"not JSON-serializable: {exc}") from exc
+
+
+def encode(message: Message) -> bytes:
+    body = dumps({
+        "protocol": PROTOCOL_VERSION,
+        "id": str(message.id),
+        "type": message.type,
+        "params": message.params,
+        "queue": message.queue,
+        "priority": message.priority,
+        "attempt": message.attempt,
+        "max_attempts": message.max_attempts,
+        "timeout": message.timeout,
+        "eta": iso(message.eta),
+        "trace": message.trace,
+    })
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise SerializationError(f"message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    return body
+
+
+def decode(body: bytes) -> Message:
+    """Parse and validate a message body; raise SerializationError saying what is wrong."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise SerializationError(f"message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SerializationError("body must be a JSON object")
+    try:
+        return _from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"invalid task message: {exc!r}") from exc
+
+
+def _from_dict(data: dict[str, Any]) -> Message:
+    version = data.get("protocol", PROTOCOL_VERSION)
+    if version != PROTOCOL_VERSION:
+        raise ValueError(f"unsupported protocol version {version}")
+    task_type, params = data["type"], data.get("params", {})
+    if not isinstance(task_type, str) or not task_type:
+        raise ValueError("'type' must be a non-empty string")
+    if not isinstance(params, dict):
+        raise ValueError("'params' must be a JSON object")
+    priority = int(data.get("priority", 0))
+    if not 0 <= priority <= 9:
+        raise ValueError("'priority' must be 0-9")
+    timeout = data.get("timeout")
+    trace = data.get("trace") or {}
+    if not isinstance(trace, dict):
+        raise ValueError("'trace' must be a JSON object")
+    return Message(
+        id=uuid.UUID(str(data["id"])),
+        type=task_type,
+        params=params,
+        queue=str(data.get("queue", "default")),
+        priority=priority,
+        attempt=int(data.get("attempt", 1)),
+        max_attempts=int(data.get("max_attempts", 3)),
+        timeout=float(timeout) if timeout is not None else None,
+        eta=parse_iso(data.get("eta")),
+        trace={str(k): str(v) for k, v in trace.items()},
+    )

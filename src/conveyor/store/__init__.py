@@ -1,0 +1,20 @@
+"""Stores, chosen by URL: ``sqlite:///path`` (embedded) or ``postgresql://...``."""
+
+from __future__ import annotations
+
+from conveyor.errors import ConfigError
+from conveyor.store.base import Store
+
+__all__ = ["Store", "open_store"]
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite:"):
+        from conveyor.store.sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from conveyor.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")
