@@ -58,6 +58,13 @@ def dumps(value: Any) -> bytes:
         raise SerializationError(f"not JSON-serializable: {exc}") from exc
 
 
+def loads(body: bytes | str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SerializationError(f"not JSON: {exc}") from exc
+
+
 def encode(message: Message) -> bytes:
     body = dumps({
         "protocol": PROTOCOL_VERSION,

@@ -50,6 +50,12 @@ class Consumer(Protocol):
 
 
 class Broker(Protocol):
+    # True when an unacked delivery is held by a renewable lease (SqliteBroker): a worker can
+    # keep it unacked for a task of any length. False when deliveries are held by the
+    # connection under a broker-side deadline (RabbitMQ's consumer_timeout): the worker then
+    # acks a long-running task's delivery early and the store's ownership lease protects it.
+    lease_based: bool
+
     def declare_queue(self, queue: str) -> None:
         ...
 

@@ -1,0 +1,43 @@
+"""What a running handler may ask about its own task: ``conveyor.current_task()``."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from conveyor.errors import ConveyorError
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    id: uuid.UUID
+    type: str
+    attempt: int  # from 1
+    max_attempts: int
+    node: str
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone cancelled this task: a cooperative handler stops early."""
+        return self.cancel_requested.is_set()
+
+
+_current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("conveyor_task")
+
+
+def current_task() -> TaskContext:
+    try:
+        return _current.get()
+    except LookupError:
+        raise ConveyorError("current_task() called outside a running task") from None
+
+
+def set_current(ctx: TaskContext) -> contextvars.Token[TaskContext]:
+    return _current.set(ctx)
+
+
+def reset_current(token: contextvars.Token[TaskContext]) -> None:
+    _current.reset(token)

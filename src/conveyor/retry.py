@@ -1,0 +1,29 @@
+"""Retry policy: exponential backoff with jitter, and the give-up decision."""
+
+from __future__ import annotations
+
+import random
+
+from conveyor.errors import Abort, Retry, UnknownTask
+from conveyor.model import Task
+from conveyor.task import TaskOptions
+
+
+def backoff_s(attempt: int, options: TaskOptions, rng: random.Random | None = None) -> float:
+    """Delay before attempt ``attempt + 1``: base * 2^(attempt-1), capped, with "equal jitter"
+    (half fixed, half random) so a burst of failures does not retry in lockstep."""
+    ceiling = min(options.retry_backoff_max_s, options.retry_backoff_s * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+def should_retry(task: Task, exc: BaseException) -> bool:
+    """Retry unless the handler aborted, the type is unknown, or attempts are used up."""
+    if isinstance(exc, Abort | UnknownTask):
+        return False
+    return task.attempts < task.max_attempts
+
+
+def retry_delay_s(task: Task, exc: BaseException, options: TaskOptions) -> float:
+    if isinstance(exc, Retry) and exc.delay_s is not None:
+        return max(0.0, exc.delay_s)
+    return backoff_s(task.attempts, options)

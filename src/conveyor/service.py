@@ -1,0 +1,161 @@
+"""TaskService: submit, cancel, retry and look up tasks. The Python API, the CLI and the
+HTTP API all go through it, so validation and the store-then-publish order live here once."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor import message
+from conveyor.broker.base import Broker
+from conveyor.errors import ConcurrentUpdate, InvalidTransition, SerializationError
+from conveyor.message import Message
+from conveyor.model import (
+    NodeInfo,
+    Page,
+    Task,
+    TaskEvent,
+    TaskFilter,
+    TaskStatus,
+    now,
+)
+from conveyor.store.base import Store
+from conveyor.task import Registry, TaskOptions
+
+log = logging.getLogger(__name__)
+
+MAX_TYPE_LENGTH = 200
+MAX_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """What a caller asks for; ``None`` fields take the task type's defaults."""
+
+    type: str
+    params: dict[str, Any]
+    queue: str | None = None
+    priority: int | None = None
+    eta: float | None = None  # POSIX seconds
+    delay_s: float | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None
+
+
+class TaskService:
+    def __init__(self, store: Store, broker: Broker, registry: Registry | None = None) -> None:
+        self.store = store
+        self.broker = broker
+        self.registry = registry or Registry()
+
+    # -- submit -------------------------------------------------------------------------
+    def submit(self, request: SubmitRequest) -> tuple[Task, bool]:
+        """Store the task, then publish it. Returns (task, created); ``created`` is False when
+        the idempotency key already named a task (that task is returned, nothing is sent)."""
+        task = self.build_task(request)
+        stored, created = self.store.create(task, detail="submitted")
+        if created:
+            self._publish(stored)
+        return stored, created
+
+    def build_task(self, request: SubmitRequest) -> Task:
+        """Validate a request into a Task (raises ValueError / SerializationError)."""
+        _validate_type(request.type)
+        if not isinstance(request.params, dict):
+            raise SerializationError("params must be a JSON object")
+        params = message.loads(message.dumps(request.params))  # refuse non-JSON early, keep JSON types
+        spec = self.registry.find(request.type)
+        defaults = spec.options if spec else TaskOptions()
+        priority = defaults.priority if request.priority is None else request.priority
+        if not 0 <= priority <= 9:
+            raise ValueError("priority must be between 0 and 9")
+        max_attempts = defaults.max_attempts if request.max_attempts is None else request.max_attempts
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        timeout = defaults.timeout if request.timeout is None else request.timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= MAX_KEY_LENGTH:
+            raise ValueError(f"idempotency_key must be 1-{MAX_KEY_LENGTH} characters")
+        created_at = now()
+        eta = request.eta
+        if request.delay_s is not None:
+            if request.delay_s < 0:
+                raise ValueError("delay must not be negative")
+            eta = created_at + request.delay_s
+        scheduled = eta is not None and eta > created_at
+        return Task(
+            type=request.type, params=params, queue=request.queue or defaults.queue,
+            priority=priority, max_attempts=max_attempts, timeout=timeout,
+            eta=eta if scheduled else None, idempotency_key=request.idempotency_key,
+            status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,
+            created_at=created_at, queued_at=None if scheduled else created_at,
+        )
+
+    def _publish(self, task: Task) -> None:
+        body = message.encode(Message.for_task(task))
+        delay_s = max(0.0, task.eta - now()) if task.eta else 0.0
+        self.broker.declare_queue(task.queue)
+        self.broker.publish(body, queue=task.queue, priority=task.priority, delay_s=delay_s)
+
+    # -- control ------------------------------------------------------------------------
+    def cancel(self, task_id: uuid.UUID) -> Task:
+        """Cancel a task that has not finished. A queued or scheduled task never runs; a
+        running one is told to stop (its worker sees the status at its next lease renewal).
+        Raises InvalidTransition for a finished task."""
+        for _ in range(5):
+            task = self.store.get(task_id)
+            try:
+                return self.store.update(task, TaskStatus.CANCELLED, finished_at=now(),
+                                         detail="cancelled on request")
+            except ConcurrentUpdate:
+                continue
+        raise ConcurrentUpdate(task_id)
+
+    def retry(self, task_id: uuid.UUID) -> Task:
+        """Run a failed or cancelled task again: same id, attempts continue."""
+        for _ in range(5):
+            task = self.store.get(task_id)
+            if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+                raise InvalidTransition(task_id, task.status.value, TaskStatus.QUEUED.value)
+            try:
+                updated = self.store.update(
+                    task, TaskStatus.QUEUED, detail="retried on request", queued_at=now(),
+                    max_attempts=max(task.max_attempts, task.attempts + 1), eta=None,
+                    finished_at=None, lease_until=None, crashes=0,
+                )
+            except ConcurrentUpdate:
+                continue
+            self._publish(updated)
+            return updated
+        raise ConcurrentUpdate(task_id)
+
+    # -- queries ------------------------------------------------------------------------
+    def get(self, task_id: uuid.UUID) -> Task:
+        return self.store.get(task_id)
+
+    def events(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        return self.store.events(task_id)
+
+    def query(self, filter: TaskFilter, *, limit: int = 50, cursor: uuid.UUID | None = None) -> Page:
+        return self.store.query(filter, limit=limit, cursor=cursor)
+
+    def nodes(self) -> list[NodeInfo]:
+        return self.store.nodes()
+
+    def counts(self, queue: str | None = None) -> dict[str, int]:
+        return self.store.count_by_status(queue)
+
+    def submit_many(self, requests: Sequence[SubmitRequest]) -> list[tuple[Task, bool]]:
+        return [self.submit(r) for r in requests]
+
+
+def _validate_type(task_type: object) -> None:
+    if not isinstance(task_type, str) or not task_type.strip():
+        raise ValueError("type must be a non-empty string")
+    if len(task_type) > MAX_TYPE_LENGTH:
+        raise ValueError(f"type must be at most {MAX_TYPE_LENGTH} characters")

@@ -1,0 +1,321 @@
+"""SqliteStore: the embedded Store, one SQLite file in WAL mode.
+
+Several processes of one machine share the file and each uses threads, so each store holds one
+connection guarded by a lock (SQLite serializes writers anyway; an in-process lock queues
+threads fairly instead of leaving them to SQLite's sleeping busy handler), takes the write lock
+up front (``BEGIN IMMEDIATE``) for read-modify-write, and waits up to ``busy_timeout`` for
+other processes. The broker may live in the same file: its tables are prefixed ``broker_``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from conveyor.errors import ConcurrentUpdate, ConfigError, StoreError, TaskNotFound
+from conveyor.message import dumps
+from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition
+
+BUSY_TIMEOUT_MS = 10_000
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, params TEXT NOT NULL, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL, timeout REAL, eta REAL, idempotency_key TEXT UNIQUE,
+    result TEXT, error TEXT, node TEXT, created_at REAL NOT NULL, queued_at REAL,
+    started_at REAL, finished_at REAL, lease_until REAL, crashes INTEGER NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_status_id ON tasks (status, id);
+CREATE INDEX IF NOT EXISTS tasks_type_id ON tasks (type, id);
+CREATE INDEX IF NOT EXISTS tasks_queue_id ON tasks (queue, id);
+CREATE INDEX IF NOT EXISTS tasks_node_id ON tasks (node, id);
+CREATE INDEX IF NOT EXISTS tasks_running_lease ON tasks (lease_until) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS task_events (
+    seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL, from_status TEXT, to_status TEXT NOT NULL,
+    at REAL NOT NULL, node TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
+    concurrency INTEGER NOT NULL, started_at REAL NOT NULL, last_heartbeat REAL NOT NULL,
+    status TEXT NOT NULL, in_flight INTEGER NOT NULL, done INTEGER NOT NULL
+);
+"""
+
+# Task fields in column order; the JSON ones are stored as text.
+_COLUMNS = tuple(f.name for f in dataclasses.fields(Task))
+_JSON_COLUMNS = frozenset({"params", "result", "error"})
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks"
+_INSERT = (
+    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+    " ON CONFLICT (idempotency_key) DO NOTHING"
+)
+# update() may change any field but these: identity, the CAS token, and status (via to_status).
+_CHANGEABLE = frozenset(_COLUMNS) - {"id", "version", "status"}
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///rel/path.db`` -> ``rel/path.db``; ``sqlite:////abs/path.db`` -> ``/abs/path.db``."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///relative/path or sqlite:////abs/path")
+    return url[len(prefix):]
+
+
+def connect(url: str) -> sqlite3.Connection:
+    """An autocommit connection (transactions are explicit) tuned for several processes."""
+    path = sqlite_path(url)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=256)
+    try:
+        # busy_timeout first: switching to WAL needs a lock another process may hold.
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+def _to_json(value: Any) -> str | None:
+    return None if value is None else dumps(value).decode()
+
+
+def _from_json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _encode(column: str, value: Any) -> Any:
+    """A Task field value as its column value."""
+    if column in _JSON_COLUMNS:
+        return _to_json(value)
+    if column == "id":
+        return str(value)
+    if column == "status":
+        return TaskStatus(value).value
+    return value
+
+
+def _row_to_task(row: Sequence[Any]) -> Task:
+    data = dict(zip(_COLUMNS, row, strict=True))
+    data["id"] = uuid.UUID(data["id"])
+    data["status"] = TaskStatus(data["status"])
+    for name in _JSON_COLUMNS:
+        data[name] = _from_json(data[name])
+    if data["params"] is None:
+        data["params"] = {}
+    return Task(**data)
+
+
+def _row_to_node(row: Sequence[Any]) -> NodeInfo:
+    node_id, host, pid, queues, concurrency, started, beat, status, in_flight, done = row
+    return NodeInfo(
+        id=node_id, host=host, pid=pid, queues=tuple(orjson.loads(queues)), concurrency=concurrency,
+        started_at=started, last_heartbeat=beat, status=status, in_flight=in_flight, done=done,
+    )
+
+
+class SqliteStore:
+    """The Store port on one SQLite file (see the module docstring for the concurrency model)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        try:
+            self._conn = connect(url)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {url!r}: {exc}") from exc
+        with self._transaction() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    @contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite store {self.url!r}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock from its start, so two processes
+        never both read and then fail to upgrade."""
+        with self._locked() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def create(self, task: Task, *, detail: str | None = None) -> tuple[Task, bool]:
+        values = [_encode(c, getattr(task, c)) for c in _COLUMNS]
+        with self._transaction() as conn:
+            if conn.execute(_INSERT, values).rowcount == 0:
+                row = conn.execute(f"{_SELECT} WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                if row is None:  # pragma: no cover - only the key conflict is ignored
+                    raise StoreError(f"task {task.id} was not inserted")
+                return _row_to_task(row), False
+            self._insert_event(conn, task.id, None, task.status, None, detail)
+        return task, True
+
+    def get(self, task_id: uuid.UUID) -> Task:
+        with self._locked() as conn:
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task_id),)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return _row_to_task(row)
+
+    def update(
+        self,
+        task: Task,
+        to_status: TaskStatus | None,
+        *,
+        node: str | None = None,
+        detail: str | None = None,
+        **changes: Any,
+    ) -> Task:
+        """Compare-and-set on ``version``. ``node``, when given, is written to the task and
+        recorded on the event; ``changes`` are other Task fields."""
+        unknown = set(changes) - _CHANGEABLE
+        if unknown:
+            raise TypeError(f"update() cannot change {sorted(unknown)}")
+        if to_status is not None:
+            check_transition(task.id, task.status, to_status)
+        if node is not None:
+            changes["node"] = node
+        new = task.replace(status=to_status or task.status, version=task.version + 1, **changes)
+        columns = ["status", "version", *changes]
+        values = [_encode(c, getattr(new, c)) for c in columns]
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                f"UPDATE tasks SET {sets} WHERE id = ? AND version = ?", (*values, str(task.id), task.version)
+            )
+            if cursor.rowcount == 0:
+                exists = conn.execute("SELECT 1 FROM tasks WHERE id = ?", (str(task.id),)).fetchone()
+                raise ConcurrentUpdate(task.id) if exists else TaskNotFound(task.id)
+            if to_status is not None:
+                self._insert_event(conn, task.id, task.status, to_status, node, detail)
+        return new
+
+    @staticmethod
+    def _insert_event(
+        conn: sqlite3.Connection, task_id: uuid.UUID, from_status: TaskStatus | None,
+        to_status: TaskStatus, node: str | None, detail: str | None,
+    ) -> None:
+        from_value = from_status.value if from_status else None
+        conn.execute(
+            "INSERT INTO task_events (task_id, from_status, to_status, at, node, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (str(task_id), from_value, to_status.value, time.time(), node, detail),
+        )
+
+    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> None:
+        """Extend leases in place. This does NOT bump ``version``: a lease is not a status
+        change, and a bump would make the owning worker's next compare-and-set fail."""
+        ids = [str(i) for i in task_ids]
+        if not ids:
+            return
+        with self._transaction() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start:start + _CHUNK]
+                conn.execute(
+                    f"UPDATE tasks SET lease_until = ? WHERE id IN ({', '.join('?' * len(chunk))})"
+                    " AND node = ? AND status = 'running'",
+                    (lease_until, *chunk, node),
+                )
+
+    def expired_leases(self, now: float, limit: int = 100) -> list[Task]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"{_SELECT} WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_row_to_task(r) for r in rows]
+
+    def events(self, task_id: uuid.UUID) -> list[TaskEvent]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT from_status, to_status, at, node, detail FROM task_events"
+                " WHERE task_id = ? ORDER BY seq",
+                (str(task_id),),
+            ).fetchall()
+        return [
+            TaskEvent(task_id=task_id, from_status=TaskStatus(f) if f else None, to_status=TaskStatus(t),
+                      at=at, node=node, detail=detail)
+            for f, t, at, node, detail in rows
+        ]
+
+    def query(self, filter: TaskFilter, *, limit: int = 50, cursor: uuid.UUID | None = None) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("status", filter.status), ("type", filter.type),
+                              ("queue", filter.queue), ("node", filter.node)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value.value if isinstance(value, TaskStatus) else value)
+        if cursor is not None:
+            where.append("id < ?")
+            args.append(str(cursor))
+        sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?"
+        with self._locked() as conn:
+            rows = conn.execute(sql, (*args, limit)).fetchall()
+        tasks = [_row_to_task(r) for r in rows]
+        next_cursor = tasks[-1].id if tasks and len(tasks) == limit else None
+        return Page(tasks=tasks, next_cursor=next_cursor)
+
+    def count_by_status(self, queue: str | None = None) -> dict[str, int]:
+        """Every status, zero included."""
+        sql = "SELECT status, COUNT(*) FROM tasks"
+        args: tuple[Any, ...] = ()
+        if queue is not None:
+            sql, args = sql + " WHERE queue = ?", (queue,)
+        with self._locked() as conn:
+            rows = conn.execute(sql + " GROUP BY status", args).fetchall()
+        counts = {s.value: 0 for s in TaskStatus}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def upsert_node(self, node: NodeInfo) -> None:
+        with self._locked() as conn:
+            conn.execute(
+                "INSERT INTO nodes (id, host, pid, queues, concurrency, started_at, last_heartbeat, status,"
+                " in_flight, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " host = excluded.host, pid = excluded.pid, queues = excluded.queues,"
+                " concurrency = excluded.concurrency, started_at = excluded.started_at,"
+                " last_heartbeat = excluded.last_heartbeat, status = excluded.status,"
+                " in_flight = excluded.in_flight, done = excluded.done",
+                (node.id, node.host, node.pid, _to_json(list(node.queues)), node.concurrency, node.started_at,
+                 node.last_heartbeat, node.status, node.in_flight, node.done),
+            )
+
+    def nodes(self) -> list[NodeInfo]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT id, host, pid, queues, concurrency, started_at, last_heartbeat, status,"
+                " in_flight, done FROM nodes ORDER BY started_at, id"
+            ).fetchall()
+        return [_row_to_node(r) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

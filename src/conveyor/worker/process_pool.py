@@ -1,0 +1,119 @@
+"""``--pool process``: handlers run in child processes, one per slot, for CPU-bound work.
+
+A handler past its timeout is killed with its process (a hard timeout) and the slot gets a
+fresh child. Parent and child speak JSON over a pipe (never pickle).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import multiprocessing
+import queue
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import orjson
+
+from conveyor.errors import TaskError, TaskTimeout
+
+log = logging.getLogger(__name__)
+
+
+class HandlerError(TaskError):
+    """A handler raised in a child process; carries the child's error record."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info.get("message") or info.get("type") or "handler failed")
+        self.info = info
+
+
+class _Child:
+    def __init__(self, app_ref: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child_conn = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(target=_child_main, args=(app_ref, child_conn), daemon=True)
+        self.process.start()
+        child_conn.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class ProcessPool:
+    def __init__(self, app_ref: str, size: int) -> None:
+        self.app_ref = app_ref
+        self._idle: queue.Queue[_Child] = queue.Queue()
+        self._all: set[_Child] = set()
+        for _ in range(size):
+            self._add()
+
+    def _add(self) -> None:
+        child = _Child(self.app_ref)
+        self._all.add(child)
+        self._idle.put(child)
+
+    def run(self, task_type: str, params: dict[str, Any], timeout: float | None) -> Any:
+        child = self._idle.get()
+        try:
+            child.conn.send_bytes(orjson.dumps({"type": task_type, "params": params}))
+            if not child.conn.poll(timeout):
+                raise TaskTimeout(timeout or 0)
+            reply = orjson.loads(child.conn.recv_bytes())
+        except (TaskTimeout, EOFError, OSError) as exc:
+            self._replace(child)
+            if isinstance(exc, TaskTimeout):
+                raise
+            raise HandlerError({"type": "crashed", "message": f"handler process died: {exc!r}"}) from exc
+        self._idle.put(child)
+        if reply["ok"]:
+            return reply["result"]
+        raise HandlerError(reply["error"])
+
+    def _replace(self, child: _Child) -> None:
+        child.kill()
+        self._all.discard(child)
+        self._add()
+
+    def close(self) -> None:
+        for child in list(self._all):
+            child.kill()
+        self._all.clear()
+
+
+def _child_main(app_ref: str, conn: Connection) -> None:
+    import signal
+
+    from conveyor.loader import load_app
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    app = load_app(app_ref)
+    while True:
+        try:
+            request = orjson.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        conn.send_bytes(_run_one(app, request))
+
+
+def _run_one(app: Any, request: dict[str, Any]) -> bytes:
+    try:
+        handler = app.registry.get(request["type"]).handler
+        result = handler(**request["params"])
+        if inspect.isawaitable(result):
+            result = asyncio.run(_await(result))
+        return orjson.dumps({"ok": True, "result": result})
+    except Exception as exc:
+        info = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__,
+                "traceback": "".join(traceback.format_exception(exc)),
+                "retry_delay_s": getattr(exc, "delay_s", None), "abort": type(exc).__name__ == "Abort"}
+        return orjson.dumps({"ok": False, "error": info})
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

@@ -1,0 +1,225 @@
+"""PostgresStore against the real server: migrations, concurrency, batching, paging and plans.
+
+The behaviour shared with SqliteStore lives in tests/contract; this file covers what only the
+PostgreSQL store has (migrations, pooling under threads, update_many, index use).
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from conveyor.errors import ConcurrentUpdate, InvalidTransition, StoreError
+from conveyor.model import Task, TaskFilter, TaskStatus
+from conveyor.store.migrate import migrations, upgrade
+from conveyor.store.postgres import PostgresStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+S = TaskStatus
+T = TypeVar("T")
+
+
+@pytest.fixture
+def store(postgres_schema_url: str) -> Iterator[PostgresStore]:
+    s = PostgresStore(postgres_schema_url)
+    yield s
+    s.close()
+
+
+def _schema_of(url: str) -> str:
+    options = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["options"][0]
+    return options.removeprefix("-csearch_path=")
+
+
+def _in_threads(n: int, fn: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``fn(i)`` in ``n`` threads released together; return each result or exception."""
+    barrier = threading.Barrier(n)
+    results: list[T | BaseException] = [RuntimeError("did not run")] * n
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            results[i] = fn(i)
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_upgrade_applies_every_migration_once_and_then_nothing(postgres_schema_url: str) -> None:
+    every = [m.version for m in migrations()]
+    assert every[0] == 1
+    assert upgrade(postgres_schema_url) == every
+    assert upgrade(postgres_schema_url) == []
+    PostgresStore(postgres_schema_url).close()  # opening with migrate=True finds nothing to do
+    with psycopg.connect(postgres_schema_url) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+    assert [r[0] for r in rows] == every
+
+
+def test_concurrent_upgrades_all_succeed_and_apply_each_migration_once(postgres_schema_url: str) -> None:
+    results = _in_threads(4, lambda _: upgrade(postgres_schema_url))
+    assert not [r for r in results if isinstance(r, BaseException)]
+    applied = sorted(v for r in results if isinstance(r, list) for v in r)
+    assert applied == [m.version for m in migrations()]
+
+
+def test_tables_are_created_in_the_schema_named_by_the_url(
+    postgres_schema_url: str, postgres_url: str, store: PostgresStore
+) -> None:
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
+            (_schema_of(postgres_schema_url),),
+        ).fetchall()
+    assert [r[0] for r in rows] == ["nodes", "schema_migrations", "task_events", "tasks"]
+
+
+def test_eight_threads_racing_one_compare_and_set_have_exactly_one_winner_each_round(
+    store: PostgresStore,
+) -> None:
+    task, _ = store.create(Task(type="race"))
+    rounds = 10
+    for n in range(rounds):
+        snapshot = store.get(task.id)
+        to = S.RUNNING if snapshot.status is S.QUEUED else S.QUEUED
+        results = _in_threads(8, lambda i, t=snapshot, to=to: store.update(t, to, detail=f"thread {i}"))
+        winners = [r for r in results if isinstance(r, Task)]
+        losers = [r for r in results if isinstance(r, ConcurrentUpdate)]
+        assert (len(winners), len(losers)) == (1, 7), results
+        assert winners[0].version == n + 1
+    assert len(store.events(task.id)) == 1 + rounds
+
+
+def test_concurrent_creates_with_one_idempotency_key_insert_one_task(store: PostgresStore) -> None:
+    results = _in_threads(8, lambda i: store.create(Task(type="once", idempotency_key="k-1", params={"i": i})))
+    pairs = [r for r in results if isinstance(r, tuple)]
+    assert len(pairs) == 8
+    assert sum(created for _, created in pairs) == 1
+    assert len({t.id for t, _ in pairs}) == 1
+    assert len(store.events(pairs[0][0].id)) == 1
+
+
+def test_update_many_applies_a_batch_and_reports_compare_and_set_losers_as_none(store: PostgresStore) -> None:
+    a, _ = store.create(Task(type="a"))
+    b, _ = store.create(Task(type="b"))
+    c, _ = store.create(Task(type="c"))
+    stale_c = c
+    c = store.update(c, S.RUNNING, node="n1")
+    ghost = Task(type="never stored")
+
+    out = store.update_many([
+        (a, S.RUNNING, "n1", "started", {"attempts": 1, "lease_until": 50.0}),
+        (b, None, None, None, {"priority": 7, "params": {"x": [1, 2]}}),
+        (stale_c, S.CANCELLED, None, "too late", {}),
+        (ghost, S.RUNNING, "n1", None, {}),
+        (c, S.SUCCEEDED, None, "done", {"result": {"ok": True}, "finished_at": 9.0}),
+    ])  # fmt: skip
+
+    new_a, new_b, lost_c, lost_ghost, new_c = out
+    assert lost_c is None and lost_ghost is None
+    assert new_a is not None and new_a == store.get(a.id)
+    assert (new_a.status, new_a.node, new_a.attempts, new_a.version) == (S.RUNNING, "n1", 1, 1)
+    assert new_b is not None and (new_b.priority, new_b.params, new_b.version) == (7, {"x": [1, 2]}, 1)
+    assert new_c is not None and (new_c.status, new_c.result, new_c.version) == (S.SUCCEEDED, {"ok": True}, 2)
+    assert [e.detail for e in store.events(a.id)] == [None, "started"]
+    assert len(store.events(b.id)) == 1  # a field-only change records no event
+    assert [e.to_status for e in store.events(c.id)] == [S.QUEUED, S.RUNNING, S.SUCCEEDED]
+    assert store.update_many([]) == []
+
+
+def test_update_many_with_an_invalid_transition_writes_nothing(store: PostgresStore) -> None:
+    a, _ = store.create(Task(type="a"))
+    b, _ = store.create(Task(type="b", status=S.SUCCEEDED))
+    with pytest.raises(InvalidTransition):
+        store.update_many([(a, S.RUNNING, "n1", None, {}), (b, S.RUNNING, "n1", None, {})])
+    assert store.get(a.id).version == 0
+
+
+def test_replaying_an_update_with_the_stale_version_adds_no_second_event(store: PostgresStore) -> None:
+    task, _ = store.create(Task(type="report"))
+    running = store.update(task, S.RUNNING, node="n1", detail="attempt 1")
+    store.update(running, S.SUCCEEDED, node="n1", detail="done", result=42)
+    with pytest.raises(ConcurrentUpdate):
+        store.update(running, S.SUCCEEDED, node="n1", detail="done", result=42)
+    assert store.update_many([(running, S.SUCCEEDED, "n1", "done", {"result": 42})]) == [None]
+    assert [e.to_status for e in store.events(task.id)] == [S.QUEUED, S.RUNNING, S.SUCCEEDED]
+
+
+def test_renewing_a_lease_keeps_the_owners_next_compare_and_set_valid(store: PostgresStore) -> None:
+    task, _ = store.create(Task(type="long"))
+    running = store.update(task, S.RUNNING, node="n1", lease_until=10.0)
+    store.renew_leases([running.id], "n1", 99.0)
+    store.renew_leases([running.id], "someone-else", 5.0)
+    assert store.get(task.id).lease_until == 99.0
+    assert store.update(running, S.SUCCEEDED).version == running.version + 1
+
+
+def _fill(
+    store: PostgresStore, n: int, statuses: tuple[TaskStatus, ...] = (S.QUEUED, S.RUNNING, S.SUCCEEDED, S.FAILED)
+) -> dict[TaskStatus, list[uuid.UUID]]:
+    ids: dict[TaskStatus, list[uuid.UUID]] = {s: [] for s in statuses}
+    for i in range(n):
+        status = statuses[i % len(statuses)]
+        task, _ = store.create(Task(type=f"t{i % 3}", queue=f"q{i % 2}", status=status))
+        ids[status].append(task.id)
+    return ids
+
+
+def _all_pages(store: PostgresStore, filter: TaskFilter, limit: int) -> list[uuid.UUID]:
+    seen: list[uuid.UUID] = []
+    cursor: uuid.UUID | None = None
+    while True:
+        page = store.query(filter, limit=limit, cursor=cursor)
+        assert len(page.tasks) <= limit
+        seen += [t.id for t in page.tasks]
+        if page.next_cursor is None:
+            return seen
+        cursor = page.next_cursor
+
+
+def test_keyset_paging_over_2000_tasks_returns_each_once_newest_first(store: PostgresStore) -> None:
+    ids = _fill(store, 2000)
+    everything = sorted((i for group in ids.values() for i in group), reverse=True)
+    assert _all_pages(store, TaskFilter(), limit=37) == everything
+    assert _all_pages(store, TaskFilter(status=S.FAILED), limit=50) == sorted(ids[S.FAILED], reverse=True)
+    both = _all_pages(store, TaskFilter(status=S.RUNNING, queue="q1"), limit=64)
+    assert both == sorted(ids[S.RUNNING], reverse=True)  # every running task is in q1 (i % 4 == 1)
+    assert store.count_by_status()["succeeded"] == 500
+
+
+def _plan(url: str, sql: str, params: list[Any]) -> str:
+    with psycopg.connect(url) as conn:
+        return "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))  # type: ignore[call-overload]
+
+
+def test_a_status_query_is_served_by_the_status_index(store: PostgresStore, postgres_schema_url: str) -> None:
+    # As in production: finished tasks pile up, the few live ones are what the dashboard pages through.
+    _fill(store, 2000, statuses=(S.SUCCEEDED,) * 9 + (S.FAILED,))
+    with psycopg.connect(postgres_schema_url, autocommit=True) as conn:
+        conn.execute("ANALYZE tasks")
+    first = PostgresStore.query_sql(TaskFilter(status=S.FAILED), limit=50, cursor=None)
+    second_page = store.query(TaskFilter(status=S.FAILED), limit=50).next_cursor
+    assert second_page is not None
+    later = PostgresStore.query_sql(TaskFilter(status=S.FAILED), limit=50, cursor=second_page)
+    for sql, params in (first, later):
+        plan = _plan(postgres_schema_url, sql, params)
+        assert "Index Scan using tasks_status_id" in plan, plan
+        assert "Seq Scan" not in plan, plan
+
+
+def test_an_unreachable_server_is_a_store_error() -> None:
+    with pytest.raises(StoreError):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=0.5)
