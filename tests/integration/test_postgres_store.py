@@ -95,7 +95,11 @@ def test_eight_threads_racing_one_compare_and_set_have_exactly_one_winner_each_r
     for n in range(rounds):
         snapshot = store.get(task.id)
         to = S.RUNNING if snapshot.status is S.QUEUED else S.QUEUED
-        results = _in_threads(8, lambda i, t=snapshot, to=to: store.update(t, to, detail=f"thread {i}"))
+
+        def cas(i: int, t: Task = snapshot, to: TaskStatus = to) -> Task:
+            return store.update(t, to, detail=f"thread {i}")
+
+        results = _in_threads(8, cas)
         winners = [r for r in results if isinstance(r, Task)]
         losers = [r for r in results if isinstance(r, ConcurrentUpdate)]
         assert (len(winners), len(losers)) == (1, 7), results
@@ -104,7 +108,9 @@ def test_eight_threads_racing_one_compare_and_set_have_exactly_one_winner_each_r
 
 
 def test_concurrent_creates_with_one_idempotency_key_insert_one_task(store: PostgresStore) -> None:
-    results = _in_threads(8, lambda i: store.create(Task(type="once", idempotency_key="k-1", params={"i": i})))
+    results = _in_threads(
+        8, lambda i: store.create(Task(type="once", idempotency_key="k-1", params={"i": i}))
+    )
     pairs = [r for r in results if isinstance(r, tuple)]
     assert len(pairs) == 8
     assert sum(created for _, created in pairs) == 1
@@ -168,7 +174,9 @@ def test_renewing_a_lease_keeps_the_owners_next_compare_and_set_valid(store: Pos
 
 
 def _fill(
-    store: PostgresStore, n: int, statuses: tuple[TaskStatus, ...] = (S.QUEUED, S.RUNNING, S.SUCCEEDED, S.FAILED)
+    store: PostgresStore,
+    n: int,
+    statuses: tuple[TaskStatus, ...] = (S.QUEUED, S.RUNNING, S.SUCCEEDED, S.FAILED),
 ) -> dict[TaskStatus, list[uuid.UUID]]:
     ids: dict[TaskStatus, list[uuid.UUID]] = {s: [] for s in statuses}
     for i in range(n):
@@ -202,7 +210,7 @@ def test_keyset_paging_over_2000_tasks_returns_each_once_newest_first(store: Pos
 
 def _plan(url: str, sql: str, params: list[Any]) -> str:
     with psycopg.connect(url) as conn:
-        return "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))  # type: ignore[call-overload]
+        return "\n".join(row[0] for row in conn.execute(f"EXPLAIN {sql}", params))
 
 
 def test_a_status_query_is_served_by_the_status_index(store: PostgresStore, postgres_schema_url: str) -> None:

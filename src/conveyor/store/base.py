@@ -58,6 +58,11 @@ class Store(Protocol):
     def count_by_status(self, queue: str | None = None) -> dict[str, int]:
         ...
 
+    def queue_stats(self, since: float) -> dict[str, dict[str, int]]:
+        """Per queue: the count of tasks in each status, plus ``finished_since``: tasks that
+        reached a final status at or after ``since`` (for rates)."""
+        ...
+
     def upsert_node(self, node: NodeInfo) -> None:
         """Register a node or refresh its heartbeat and counters."""
         ...

@@ -295,6 +295,21 @@ class PostgresStore:
         counts.update(rows)
         return counts
 
+    def queue_stats(self, since: float) -> dict[str, dict[str, int]]:
+        stats: dict[str, dict[str, int]] = {}
+        with _driver_errors("queue_stats"), self._pool.connection() as conn:
+            for queue, status, count in conn.execute(
+                "SELECT queue, status, count(*) FROM tasks GROUP BY queue, status"
+            ).fetchall():
+                stats.setdefault(queue, {s.value: 0 for s in TaskStatus})[status] = count
+            for queue, count in conn.execute(
+                "SELECT queue, count(*) FROM tasks WHERE finished_at >= %s GROUP BY queue", (since,)
+            ).fetchall():
+                stats.setdefault(queue, {s.value: 0 for s in TaskStatus})["finished_since"] = count
+        for counts in stats.values():
+            counts.setdefault("finished_since", 0)
+        return stats
+
     def upsert_node(self, node: NodeInfo) -> None:
         updates = ", ".join(f"{col} = EXCLUDED.{col}" for col in _NODE_COLS.split(", ")[1:])
         with _driver_errors("upsert_node"), self._pool.connection() as conn:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages Conveyor's set-up needs on a fresh machine: Python with venv, and for the
+# distributed-mode tests the RabbitMQ and PostgreSQL servers (CI machines already run them).
+set -euo pipefail
+need=()
+command -v python3 >/dev/null || need+=(python3)
+python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
+command -v make >/dev/null || need+=(make)
+if [[ "${1:-}" == "--services" ]]; then
+    command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
+    command -v pg_ctlcluster >/dev/null || need+=(postgresql)
+fi
+if ((${#need[@]})); then
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
