@@ -177,6 +177,22 @@ def test_count_by_status_counts_each_status(store: Store) -> None:
     assert {k: v for k, v in in_q1.items() if v} == {"queued": 1, "running": 1}
 
 
+def test_queue_stats_count_statuses_and_recent_finishes_per_queue(store: Store) -> None:
+    now = time.time()
+    recent = _run(store, store.create(_task(queue="q1"))[0])
+    store.update(recent, S.SUCCEEDED, finished_at=now)
+    old = _run(store, store.create(_task(queue="q1"))[0])
+    store.update(old, S.FAILED, finished_at=now - 600)
+    store.create(_task(queue="q2"))
+
+    stats = store.queue_stats(since=now - 60)
+
+    assert set(stats) == {"q1", "q2"}
+    assert {k: v for k, v in stats["q1"].items() if v} == {"succeeded": 1, "failed": 1, "finished_since": 1}
+    assert {k: v for k, v in stats["q2"].items() if v} == {"queued": 1}
+    assert stats["q2"].get("finished_since", 0) == 0
+
+
 def test_expired_leases_lists_running_tasks_past_their_lease(store: Store) -> None:
     now = time.time()
     stale = _run(store, store.create(_task())[0], lease_until=now - 5)

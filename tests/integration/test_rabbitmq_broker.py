@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from conveyor.broker import _amqp_loop
 from conveyor.broker._amqp_loop import redact, resolve_url
 from conveyor.broker.rabbitmq import RabbitmqBroker, quantize_delay_ms
 from conveyor.errors import BrokerConnectionError, ConfigError
@@ -100,6 +101,30 @@ def test_delayed_message_arrives_after_its_delay_not_before(broker: RabbitmqBrok
     assert 0.7 <= time.monotonic() - published < 1.7
     assert "x-first-death-queue" not in delivery.headers  # RabbitMQ's bookkeeping is hidden
     delivery.ack()
+
+
+def test_delayed_message_for_a_queue_nobody_declared_yet_is_kept(broker: RabbitmqBroker) -> None:
+    broker.publish(b"early bird", queue="fresh", delay_s=0.1)
+    time.sleep(0.3)  # expired and routed before anyone consumes "fresh"
+
+    delivery = broker.consume(["fresh"], prefetch=1).get(timeout_s=WAIT_S)
+    assert delivery is not None and delivery.body == b"early bird"
+    delivery.ack()
+
+
+def test_delay_queue_that_vanished_is_declared_again(broker: RabbitmqBroker, namespace: str) -> None:
+    consumer = broker.consume(["work"], prefetch=1)
+    broker.publish(b"first", queue="work", delay_s=0.1)
+    first = consumer.get(timeout_s=WAIT_S)
+    assert first is not None
+    first.ack()
+    _rabbitmqctl("delete_queue", f"{namespace}.delay.work.100")  # as if it had expired
+
+    broker.publish(b"second", queue="work", delay_s=0.1)
+
+    second = consumer.get(timeout_s=WAIT_S)
+    assert second is not None and second.body == b"second"
+    second.ack()
 
 
 def test_publish_many_delivers_every_message(broker: RabbitmqBroker) -> None:
@@ -208,16 +233,38 @@ def test_broker_keeps_working_across_a_rabbitmq_restart(rabbitmq_url: str, names
         assert not publisher.is_alive() and errors == []
 
         broker.publish(b"after", queue="live")
-        got = [consumer.get(timeout_s=20.0) for _ in range(2)]
-        assert sorted(d.body for d in got if d is not None) == [b"after", b"during"]
-        for delivery in got:
+        bodies = []
+        for _ in range(2):  # the consumer was restored
+            delivery = consumer.get(timeout_s=20.0)
             assert delivery is not None
+            bodies.append(delivery.body)
             delivery.ack()
+        assert sorted(bodies) == [b"after", b"during"]
         parked = broker.consume(["idle"], prefetch=1).get(timeout_s=WAIT_S)
         assert parked is not None and parked.body == b"parked"
         parked.ack()
     finally:
         _rabbitmqctl("start_app")  # idempotent: make sure the server is up for what follows
+        _rabbitmqctl("await_startup", timeout_s=120)
+        broker.delete_topology()
+        broker.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_publish_gives_up_with_connection_error_after_a_bounded_outage(
+        rabbitmq_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_amqp_loop, "OUTAGE_S", 1.5)
+    broker = RabbitmqBroker(rabbitmq_url, namespace=namespace)
+    try:
+        broker.declare_queue("work")
+        _rabbitmqctl("stop_app")
+        started = time.monotonic()
+        with pytest.raises(BrokerConnectionError):
+            broker.publish(b"lost", queue="work")
+        assert 1.4 <= time.monotonic() - started < 5.0
+    finally:
+        _rabbitmqctl("start_app")
         _rabbitmqctl("await_startup", timeout_s=120)
         broker.delete_topology()
         broker.close()

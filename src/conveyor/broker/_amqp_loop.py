@@ -81,18 +81,27 @@ class EventLoopThread:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("EventLoopThread.run() called from its own loop thread")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = self._schedule(coro)
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"no result within {timeout_s:g} s") from None
+        except concurrent.futures.CancelledError:  # stop() cancelled it
+            raise RuntimeError("the AMQP event loop stopped") from None
 
     def submit(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
         """Schedule ``coro`` without waiting; its exceptions are logged, never raised."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = self._schedule(coro)
         future.add_done_callback(_log_failure)
         return future
+
+    def _schedule(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            raise
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.loop.is_closed():
@@ -263,6 +272,7 @@ class AmqpSession:
         if out.dead:
             await self._channel.default_exchange.publish(message, await self.ensure_dead())
         elif out.delay_ms:
+            await self.ensure_queue(out.queue)  # else the expired message has nowhere to go
             name = await self.ensure_delay_queue(out.queue, out.delay_ms)
             await self._channel.default_exchange.publish(message, name)
         else:

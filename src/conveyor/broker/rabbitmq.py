@@ -143,7 +143,12 @@ class RabbitmqBroker:
 
     def delete_topology(self) -> None:
         """Delete this namespace's exchange, dead-letter queue and the queues this broker
-        declared (tests and teardown; delay queues declared elsewhere expire by themselves)."""
+        declared (tests and teardown; delay queues declared elsewhere expire by themselves).
+        Closes this broker's consumers first, so that none is restored onto a deleted queue."""
+        with self._lock:
+            consumers = list(self._consumers)
+        for consumer in consumers:
+            consumer.close()
         self._call(self._session.delete_topology(), OPERATION_TIMEOUT_S, "delete topology")
 
     def close(self) -> None:

@@ -79,6 +79,8 @@ class _Leased:
 class SqliteBroker:
     """The Broker port on one SQLite file, with a visibility lease of ``lease_s``."""
 
+    lease_based = True  # an unacked delivery stays ours for as long as it is renewed
+
     def __init__(self, url: str, *, lease_s: float = 30.0) -> None:
         self.url = url
         self.lease_s = lease_s
@@ -246,7 +248,7 @@ class _SqliteConsumer:
             delivery = self._next_buffered()
             if delivery is not None:
                 return delivery
-            if (not probe or self._broker._has_ready(self._queues)) and self._fill():
+            if self._room() > 0 and (not probe or self._broker._has_ready(self._queues)) and self._fill():
                 pause, probe = _MIN_PAUSE_S, False
                 continue
             probe = True
@@ -256,6 +258,10 @@ class _SqliteConsumer:
             self._closed.wait(min(pause, remaining))
             pause = min(pause * 2, _MAX_PAUSE_S)
         return None
+
+    def _room(self) -> int:
+        with self._lock:
+            return self._prefetch - len(self._handed_out) - len(self._buffer)
 
     def _fill(self) -> bool:
         """Lease as many rows as prefetch allows; False if there was no room or nothing ready."""

@@ -42,6 +42,7 @@ CREATE INDEX IF NOT EXISTS tasks_type_id ON tasks (type, id);
 CREATE INDEX IF NOT EXISTS tasks_queue_id ON tasks (queue, id);
 CREATE INDEX IF NOT EXISTS tasks_node_id ON tasks (node, id);
 CREATE INDEX IF NOT EXISTS tasks_running_lease ON tasks (lease_until) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_events (
     seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL, from_status TEXT, to_status TEXT NOT NULL,
     at REAL NOT NULL, node TEXT, detail TEXT
@@ -294,6 +295,24 @@ class SqliteStore:
         counts = {s.value: 0 for s in TaskStatus}
         counts.update({status: n for status, n in rows})
         return counts
+
+    def queue_stats(self, since: float) -> dict[str, dict[str, int]]:
+        """Per queue: every status (zero included) and ``finished_since``, the tasks that
+        reached a final status at or after ``since``."""
+        with self._locked() as conn:
+            by_status = conn.execute(
+                "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status"
+            ).fetchall()
+            finished = conn.execute(
+                "SELECT queue, COUNT(*) FROM tasks WHERE finished_at >= ? GROUP BY queue", (since,)
+            ).fetchall()
+        stats: dict[str, dict[str, int]] = {}
+        zero = {**{s.value: 0 for s in TaskStatus}, "finished_since": 0}
+        for queue, status, count in by_status:
+            stats.setdefault(queue, dict(zero))[status] = count
+        for queue, count in finished:
+            stats.setdefault(queue, dict(zero))["finished_since"] = count
+        return stats
 
     def upsert_node(self, node: NodeInfo) -> None:
         with self._locked() as conn:

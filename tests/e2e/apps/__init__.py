@@ -1,0 +1,1 @@
+"""Task modules the end-to-end tests run in real worker processes."""

@@ -1,0 +1,248 @@
+"""End-to-end helpers: real ``python -m conveyor worker`` processes on the embedded default.
+
+Each test gets its own SQLite file in ``tmp_path`` (broker and store share it). Workers run
+with short leases, heartbeats and grace so crash and shutdown scenarios take seconds. Every
+process a test starts is SIGKILLed in teardown (its whole session, so ``--pool process``
+children go too), whatever the test did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor.broker.sqlite import SqliteBroker
+from conveyor.config import Settings
+from conveyor.model import TaskEvent
+from conveyor.store.sqlite import SqliteStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CORE_APP = "tests.e2e.apps.core_app"
+EXEC_LOG_ENV = "CONVEYOR_TEST_EXEC_LOG"
+LEASE_S = 2.0
+HEARTBEAT_S = 0.5
+GRACE_S = 5.0
+READY_TIMEOUT_S = 15.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, pause_s: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(pause_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """One line of the execution log: a handler really ran."""
+
+    task_id: str
+    type: str
+    attempt: int
+    node: str
+    pid: int
+    at: float
+
+
+def read_executions(path: Path) -> list[Execution]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        task_id, task_type, attempt, node, pid, at = line.split("\t")
+        rows.append(Execution(task_id, task_type, int(attempt), node, int(pid), float(at)))
+    return rows
+
+
+def run_counts(path: Path) -> Counter[str]:
+    """How many times each task id was executed."""
+    return Counter(e.task_id for e in read_executions(path))
+
+
+@dataclass
+class WorkerProcess:
+    node_id: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        """Signal the worker process itself (not its handler children)."""
+        if self.alive():
+            self.proc.send_signal(signum)
+
+    def wait(self, timeout_s: float) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+    def kill_all(self) -> None:
+        """SIGKILL the worker and everything in its session (process-pool children)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+class Workers:
+    """Starts worker processes against one database and kills them all in teardown."""
+
+    def __init__(self, tmp_path: Path, url: str, exec_log: Path) -> None:
+        self.tmp_path = tmp_path
+        self.url = url
+        self.exec_log = exec_log
+        self.started: list[WorkerProcess] = []
+        self._store: SqliteStore | None = None
+
+    def env(self, *, lease_s: float = LEASE_S, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S,
+            extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+        env.update({
+            "CONVEYOR_BROKER_URL": self.url, "CONVEYOR_STORE_URL": self.url,
+            "CONVEYOR_LEASE_S": str(lease_s), "CONVEYOR_HEARTBEAT_S": str(heartbeat_s),
+            "CONVEYOR_GRACE_S": str(grace_s), "CONVEYOR_LOG_LEVEL": "INFO", EXEC_LOG_ENV: str(self.exec_log),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(extra or {})
+        return env
+
+    def start(self, app_ref: str = CORE_APP, *, node_id: str | None = None, concurrency: int = 4,
+              pool: str = "thread", queues: str = "default", lease_s: float = LEASE_S,
+              grace_s: float = GRACE_S, wait_ready: bool = True,
+              extra_env: Mapping[str, str] | None = None) -> WorkerProcess:
+        node_id = node_id or f"node-{uuid.uuid4().hex[:6]}"
+        log_path = self.tmp_path / f"worker-{node_id}-{len(self.started)}.log"
+        command = [sys.executable, "-m", "conveyor", "worker", app_ref, "--concurrency", str(concurrency),
+                   "--node-id", node_id, "--pool", pool, "--queues", queues]
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=self.env(lease_s=lease_s, grace_s=grace_s, extra=extra_env),
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: teardown kills its children too
+            )
+        worker = WorkerProcess(node_id, proc, log_path)
+        self.started.append(worker)
+        if wait_ready:
+            self.wait_ready(worker)
+        return worker
+
+    def wait_ready(self, worker: WorkerProcess, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """A worker registers its node (status live) just before it starts consuming."""
+
+        def registered() -> bool:
+            if not worker.alive():
+                code = worker.proc.returncode
+                pytest.fail(f"worker {worker.node_id} exited with {code}:\n{worker.output()}")
+            return any(n.id == worker.node_id and n.status == "live" and n.pid == worker.pid
+                       for n in self.store().nodes())
+
+        wait_for(registered, timeout_s, f"worker {worker.node_id} to register")
+
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            self._store = SqliteStore(self.url)
+        return self._store
+
+    def kill_all(self) -> None:
+        for worker in self.started:
+            worker.kill_all()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def outputs(self) -> str:
+        return "\n".join(f"--- {w.node_id} (pid {w.pid}) ---\n{w.output()}" for w in self.started)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/conveyor.db"
+
+
+@pytest.fixture
+def exec_log(tmp_path: Path) -> Path:
+    return tmp_path / "executions.log"
+
+
+@pytest.fixture
+def workers(tmp_path: Path, db_url: str, exec_log: Path, request: pytest.FixtureRequest) -> Iterator[Workers]:
+    pool = Workers(tmp_path, db_url, exec_log)
+    try:
+        yield pool
+    finally:
+        pool.kill_all()
+        report = request.node.stash.get(_REPORT_KEY, None)
+        if report is not None and report.failed:  # show what the workers logged
+            sys.stderr.write(pool.outputs()[-20_000:])
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(broker_url=db_url, store_url=db_url, lease_s=LEASE_S, heartbeat_s=HEARTBEAT_S,
+                    grace_s=GRACE_S)
+
+
+@pytest.fixture
+def core(settings: Settings) -> Iterator[Any]:
+    """The core test app, pointed at this test's database (its task options apply on submit)."""
+    from tests.e2e.apps import core_app
+
+    core_app.app.close()
+    core_app.app.use_settings(settings)
+    try:
+        yield core_app
+    finally:
+        core_app.app.close()
+
+
+@pytest.fixture
+def raw_broker(db_url: str) -> Iterator[SqliteBroker]:
+    broker = SqliteBroker(db_url)
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def statuses(timeline: list[TaskEvent]) -> list[str]:
+    """The timeline as the list of statuses it went through."""
+    return [e.to_status.value for e in timeline]
+
+
+_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep the call-phase report so the ``workers`` fixture can print logs of a failed test."""
+    report = yield
+    if report.when == "call":
+        item.stash[_REPORT_KEY] = report
+    return report
