@@ -96,7 +96,7 @@ class TaskFailed(ConveyorError):
         self.error = error
 
 
-class Retry(Exception):  # noqa: N818 - a verb handlers raise, like dramatiq's Retry
+class Retry(Exception):
     """Raise from a handler to be run again after ``delay_s`` (counts as an attempt)."""
 
     def __init__(self, delay_s: float | None = None, message: str = "retry requested") -> None:
@@ -104,5 +104,5 @@ class Retry(Exception):  # noqa: N818 - a verb handlers raise, like dramatiq's R
         self.delay_s = delay_s
 
 
-class Abort(Exception):  # noqa: N818 - a verb handlers raise
+class Abort(Exception):
     """Raise from a handler to fail the task now, with no further attempts."""

@@ -12,8 +12,9 @@ from conveyor.task import TaskOptions
 def backoff_s(attempt: int, options: TaskOptions, rng: random.Random | None = None) -> float:
     """Delay before attempt ``attempt + 1``: base * 2^(attempt-1), capped, with "equal jitter"
     (half fixed, half random) so a burst of failures does not retry in lockstep."""
-    ceiling = min(options.retry_backoff_max_s, options.retry_backoff_s * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    ceiling = min(options.retry_backoff_max_s, options.retry_backoff_s * 2.0 ** max(0, attempt - 1))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
 
 
 def should_retry(task: Task, exc: BaseException) -> bool:

@@ -50,7 +50,8 @@ def main() -> None:
 
 def _register_optional() -> None:
     """Subcommands of the scheduling center, when present."""
-    try:
-        from conveyor.cli import scheduler  # noqa: F401
-    except ImportError:
-        pass
+    import contextlib
+    import importlib
+
+    with contextlib.suppress(ImportError):
+        importlib.import_module("conveyor.cli.scheduler")

@@ -7,6 +7,7 @@ below ERROR; a task that failed for good logs ERROR.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -88,11 +89,9 @@ def _fail_unknown(worker: Worker, flight: InFlight) -> None:
     task = flight.task
     reason = f"unknown task type {task.type!r}: no handler registered on node {worker.node_id}"
     error = {"type": "unknown_task", "message": reason, "traceback": None}
-    try:
+    with contextlib.suppress(ConcurrentUpdate):  # cancelled meanwhile: nothing left to record
         _write(worker, task, TaskStatus.FAILED, error=error, finished_at=now(), lease_until=None,
                detail="unknown task type")
-    except ConcurrentUpdate:
-        pass
     log.error("task %s: %s; dead-lettered", task.id, reason, extra=_extra(worker, task, "dead_letter"))
     if not flight.acked:
         flight.acked = True
