@@ -96,8 +96,10 @@ def decode(body: bytes) -> Message:
         raise SerializationError("body must be a JSON object")
     try:
         return _from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SerializationError(f"invalid task message: {exc!r}") from exc
+    except KeyError as exc:
+        raise SerializationError(f"invalid task message: missing field {exc}") from exc
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise SerializationError(f"invalid task message: {exc}") from exc
 
 
 def _from_dict(data: dict[str, Any]) -> Message:
@@ -113,6 +115,9 @@ def _from_dict(data: dict[str, Any]) -> Message:
     if not 0 <= priority <= 9:
         raise ValueError("'priority' must be 0-9")
     timeout = data.get("timeout")
+    eta = data.get("eta")
+    if eta is not None and not isinstance(eta, str):
+        raise ValueError("'eta' must be an ISO-8601 string or null")
     trace = data.get("trace") or {}
     if not isinstance(trace, dict):
         raise ValueError("'trace' must be a JSON object")
@@ -125,6 +130,6 @@ def _from_dict(data: dict[str, Any]) -> Message:
         attempt=int(data.get("attempt", 1)),
         max_attempts=int(data.get("max_attempts", 3)),
         timeout=float(timeout) if timeout is not None else None,
-        eta=parse_iso(data.get("eta")),
+        eta=parse_iso(eta),
         trace={str(k): str(v) for k, v in trace.items()},
     )

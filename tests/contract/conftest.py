@@ -37,4 +37,6 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         namespace = f"test-{uuid.uuid4().hex[:8]}"
         b = RabbitmqBroker(request.getfixturevalue("rabbitmq_url"), namespace=namespace)
     yield b
+    if hasattr(b, "delete_topology"):
+        b.delete_topology()  # leave no test queues behind on the shared server
     b.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ import pytest
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.config import Settings
 from conveyor.model import TaskEvent
-from conveyor.store.sqlite import SqliteStore
+from conveyor.store.sqlite import SqliteStore, sqlite_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_APP = "tests.e2e.apps.core_app"
@@ -69,6 +70,13 @@ def read_executions(path: Path) -> list[Execution]:
         task_id, task_type, attempt, node, pid, at = line.split("\t")
         rows.append(Execution(task_id, task_type, int(attempt), node, int(pid), float(at)))
     return rows
+
+
+def leased_messages(url: str) -> int:
+    """Broker messages some consumer holds right now (handed out or prefetched)."""
+    with contextlib.closing(sqlite3.connect(sqlite_path(url))) as conn:
+        row = conn.execute("SELECT count(*) FROM broker_messages WHERE lease_owner IS NOT NULL").fetchone()
+    return int(row[0])
 
 
 def run_counts(path: Path) -> Counter[str]:

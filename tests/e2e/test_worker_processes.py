@@ -23,7 +23,15 @@ from conveyor.app import TaskHandle
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.message import MAX_MESSAGE_BYTES
 from conveyor.model import Task, TaskFilter
-from tests.e2e.conftest import LEASE_S, Workers, read_executions, run_counts, statuses, wait_for
+from tests.e2e.conftest import (
+    LEASE_S,
+    Workers,
+    leased_messages,
+    read_executions,
+    run_counts,
+    statuses,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,16 +195,19 @@ def test_a_task_of_a_killed_worker_is_completed_by_another_after_the_lease(
     assert [e.node for e in read_executions(exec_log)] == ["doomed", "rescuer"]
 
 
-def test_tasks_prefetched_by_a_killed_worker_are_not_lost(
-        core: ModuleType, workers: Workers, exec_log: Path) -> None:
-    doomed = workers.start(node_id="doomed", concurrency=1)
+@pytest.mark.xfail(reason="BUG: SqliteBroker keeps its 30 s default lease (CONVEYOR_LEASE_S is never "
+                          "passed to it), so deliveries a dead worker had prefetched wait 30 s", strict=True)
+def test_tasks_prefetched_by_a_killed_worker_run_again_within_about_the_lease(
+        core: ModuleType, workers: Workers, exec_log: Path, db_url: str) -> None:
+    doomed = workers.start(node_id="doomed", concurrency=1)  # holds 1 running + 2 prefetched
     handles = [core.slow.submit({"seconds": 2.0})] + [core.record_task.delay(n=i) for i in range(5)]
     wait_for(lambda: read_executions(exec_log), 10.0, "the first task to start")
+    wait_for(lambda: leased_messages(db_url) == 3, 5.0, "the worker to prefetch two more")
 
     doomed.kill_all()
     workers.start(node_id="rescuer", concurrency=2)
 
-    tasks = wait_final(core, handles, 15.0)
+    tasks = wait_final(core, handles, 3 * LEASE_S + 5.0)
     assert {t.status for t in tasks} == {TaskStatus.SUCCEEDED}
     assert set(run_counts(exec_log)) == {str(h.id) for h in handles}
 
@@ -239,3 +250,167 @@ def test_sigterm_returns_a_task_longer_than_the_grace_and_another_worker_runs_it
     assert handle.result(timeout=15) == {"slept": 4.0}
     assert handle.get().node == "next"
     assert [e.node for e in read_executions(exec_log)] == ["leaving", "next"]
+
+
+# -- 6 and 7. bad messages -------------------------------------------------------------------
+
+def _bad_bodies() -> dict[str, bytes]:
+    def task_body(**fields: object) -> bytes:
+        return orjson.dumps({"id": str(uuid.uuid4()), "params": {"n": 1}, **fields})
+
+    return {
+        "not json": b"\x00\x01 this is not json {",
+        "json array": b'[{"type": "core.record"}]',
+        "missing type": task_body(),
+        "bad priority": task_body(type="core.record", priority=42),
+        "2 MiB body": task_body(type="core.record", params={"n": 1, "pad": "x" * (2 * 1024 * 1024)}),
+    }
+
+
+def test_malformed_messages_are_dead_lettered_while_good_tasks_still_run(
+        core: ModuleType, workers: Workers, raw_broker: SqliteBroker) -> None:
+    bad = _bad_bodies()
+    assert len(bad["2 MiB body"]) > MAX_MESSAGE_BYTES
+    handles = []
+    for i, body in enumerate(bad.values()):  # interleaved: good, bad, good, bad, ...
+        handles.append(core.record_task.delay(n=i))
+        raw_broker.publish(body, queue="default")
+    handles.append(core.record_task.delay(n=99))
+    workers.start()
+
+    tasks = wait_final(core, handles, 20.0)
+    assert {t.status for t in tasks} == {TaskStatus.SUCCEEDED}
+    dead = wait_for(lambda: d if len(d := raw_broker.dead_letters()) >= len(bad) else None, 10.0,
+                    "the bad messages to be dead-lettered")
+    assert sorted(body for body, _ in dead) == sorted(bad.values())
+    for _, headers in dead:
+        assert headers["x-conveyor-reason"].startswith("malformed message"), headers
+    reasons = {name: next(h for b, h in dead if b == body)["x-conveyor-reason"] for name, body in bad.items()}
+    assert "not JSON" in reasons["not json"]
+    assert "JSON object" in reasons["json array"]
+    assert "type" in reasons["missing type"]
+    assert "priority" in reasons["bad priority"]
+    assert "limit" in reasons["2 MiB body"]
+    assert len(core.app.service.query(TaskFilter()).tasks) == len(handles), "no record for bad ones"
+    assert workers.started[0].alive()
+
+
+def test_an_unknown_task_type_fails_and_is_dead_lettered_and_the_worker_goes_on(
+        core: ModuleType, workers: Workers, raw_broker: SqliteBroker) -> None:
+    workers.start(node_id="plain")
+    unknown = core.app.submit("core.no_such_type", {"x": 1})
+
+    with pytest.raises(TaskFailed) as failed:
+        unknown.result(timeout=15)
+    assert failed.value.error is not None and failed.value.error["type"] == "unknown_task"
+    assert "core.no_such_type" in failed.value.error["message"]
+    assert unknown.get().attempts == 1
+    (body, headers), = raw_broker.dead_letters()
+    assert orjson.loads(body)["id"] == str(unknown.id)
+    assert "unknown task type 'core.no_such_type'" in headers["x-conveyor-reason"]
+
+    assert core.record_task.delay(n=1).result(timeout=15) == {"n": 1}
+    assert workers.started[0].alive()
+
+
+# -- 8. poison task --------------------------------------------------------------------------
+
+def test_a_task_that_kills_its_worker_every_time_is_failed_as_crashed_after_three_deaths(
+        core: ModuleType, workers: Workers, exec_log: Path) -> None:
+    handle = core.suicide.delay()
+    deadline = time.monotonic() + 40.0
+    current = workers.start(wait_ready=False)
+    while not handle.get().status.is_final:  # a supervisor: restart the worker whenever it dies
+        assert time.monotonic() < deadline, f"still {handle.status().value}:\n{workers.outputs()}"
+        if not current.alive():
+            assert current.proc.returncode == -signal.SIGKILL
+            current = workers.start(wait_ready=False)
+        time.sleep(0.1)
+
+    task = handle.get()
+    assert task.status is TaskStatus.FAILED
+    assert task.error is not None and task.error["type"] == "crashed"
+    assert task.crashes == 3
+    assert len(read_executions(exec_log)) == 3
+    crash_events = [e.detail for e in core.app.service.events(handle.id) if e.detail and "expired" in e.detail]
+    assert [d.split("(")[-1] for d in crash_events] == ["crash 1 of 3)", "crash 2 of 3)", "crash 3 of 3)"]
+
+    time.sleep(2 * LEASE_S)  # stale copies of its message may come back: they must be dropped
+    assert current.alive()
+    assert len(read_executions(exec_log)) == 3, "not delivered again"
+    assert core.record_task.delay(n=5).result(timeout=15) == {"n": 5}
+
+
+# -- 10 and 11. the Python API ---------------------------------------------------------------
+
+def test_a_task_id_never_submitted_reads_as_unknown(core: ModuleType) -> None:
+    never = uuid.uuid4()
+
+    with pytest.raises(TaskNotFound, match="unknown task id"):
+        core.app.get(never)
+    with pytest.raises(TaskNotFound):
+        core.app.handle(str(never)).status()
+
+
+def test_delay_returns_a_handle_whose_result_is_the_return_value(core: ModuleType, workers: Workers) -> None:
+    workers.start()
+    handle = core.send_email.delay(to="ada@example.com", subject="hello")
+
+    assert handle.result(timeout=15) == {"sent_to": "ada@example.com", "subject": "hello"}
+    assert handle.status() is TaskStatus.SUCCEEDED
+
+
+def test_result_raises_task_failed_for_a_failed_task(core: ModuleType, workers: Workers) -> None:
+    workers.start()
+    handle = core.abort.delay(reason="no such user")
+
+    with pytest.raises(TaskFailed, match="no such user") as failed:
+        handle.result(timeout=15)
+    assert failed.value.status == "failed"
+    assert failed.value.task_id == handle.id
+
+
+def test_result_raises_timeout_error_when_no_worker_runs(core: ModuleType) -> None:
+    handle = core.send_email.delay(to="ada@example.com", subject="hello")
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.5)
+    assert 0.5 <= time.monotonic() - started < 2.0
+    assert handle.status() is TaskStatus.QUEUED
+
+
+def test_submitting_twice_with_one_idempotency_key_gives_one_task_run_once(
+        core: ModuleType, workers: Workers, exec_log: Path) -> None:
+    params = {"to": "ada@example.com", "subject": "once"}
+    first = core.send_email.submit(params, idempotency_key="welcome-ada")
+    second = core.send_email.submit(params, idempotency_key="welcome-ada")
+    assert first.id == second.id
+
+    workers.start()
+    assert second.result(timeout=15)["subject"] == "once"
+    time.sleep(0.5)  # a second message, had one been sent, would run by now
+    assert run_counts(exec_log) == {str(first.id): 1}
+    assert len(core.app.service.query(TaskFilter()).tasks) == 1
+
+
+@pytest.mark.parametrize("value", [{1, 2}, object(), b"bytes"], ids=["set", "object", "bytes"])
+def test_non_json_params_are_refused_at_submit_and_nothing_is_stored(core: ModuleType, value: object) -> None:
+    with pytest.raises(SerializationError):
+        core.send_email.delay(to=value, subject="x")
+    assert core.app.service.query(TaskFilter()).tasks == []
+
+
+@pytest.mark.xfail(reason="BUG: message.dumps uses orjson, which turns a datetime into an ISO string "
+                          "instead of refusing it, so the handler gets a str", strict=True)
+def test_a_datetime_param_is_refused_at_submit(core: ModuleType) -> None:
+    with pytest.raises(SerializationError):
+        core.send_email.delay(to="ada@example.com", subject=datetime.datetime.now(datetime.UTC))
+    assert core.app.service.query(TaskFilter()).tasks == []
+
+
+def test_async_handlers_run_on_the_worker_event_loop(core: ModuleType, workers: Workers) -> None:
+    workers.start()
+    handles = [core.async_add.delay(a=i, b=1) for i in range(10)]
+
+    assert [h.result(timeout=15) for h in handles] == [{"sum": i + 1, "on_loop": True} for i in range(10)]

@@ -14,6 +14,7 @@ import pytest
 
 from conveyor.broker import _amqp_loop
 from conveyor.broker._amqp_loop import redact, resolve_url
+from conveyor.broker.base import Broker
 from conveyor.broker.rabbitmq import RabbitmqBroker, quantize_delay_ms
 from conveyor.errors import BrokerConnectionError, ConfigError
 
@@ -42,6 +43,10 @@ def _rabbitmqctl(*args: str, timeout_s: float = 60.0) -> str:
 def _queue_types(prefix: str) -> dict[str, str]:
     rows = json.loads(_rabbitmqctl("list_queues", "-q", "--formatter", "json", "name", "type"))
     return {row["name"]: row["type"] for row in rows if row["name"].startswith(prefix)}
+
+
+def _as_port(broker: RabbitmqBroker) -> Broker:
+    return broker  # mypy checks that RabbitmqBroker structurally implements the port
 
 
 # -- no server needed ----------------------------------------------------------------------
@@ -90,6 +95,7 @@ def test_unreachable_server_raises_connection_error_without_the_password() -> No
 
 
 def test_delayed_message_arrives_after_its_delay_not_before(broker: RabbitmqBroker) -> None:
+    assert _as_port(broker).lease_based is False
     published = time.monotonic()
     broker.publish(b"later", queue="work", delay_s=0.7)
     consumer = broker.consume(["work"], prefetch=1)
@@ -218,6 +224,10 @@ def test_broker_keeps_working_across_a_rabbitmq_restart(rabbitmq_url: str, names
     errors: list[BaseException] = []
     try:
         broker.publish(b"parked", queue="idle")  # nobody consumes it during the restart
+        broker.publish(b"held", queue="busy")
+        busy = broker.consume(["busy"], prefetch=1)
+        held = busy.get(timeout_s=WAIT_S)  # unacked across the restart
+        assert held is not None
         consumer = broker.consume(["live"], prefetch=1)
         assert consumer.get(timeout_s=0.2) is None
 
@@ -240,6 +250,10 @@ def test_broker_keeps_working_across_a_rabbitmq_restart(rabbitmq_url: str, names
             bodies.append(delivery.body)
             delivery.ack()
         assert sorted(bodies) == [b"after", b"during"]
+        held.ack()  # its channel died with the connection: a no-op, and it comes back
+        again = busy.get(timeout_s=WAIT_S)
+        assert again is not None and (again.body, again.redelivered) == (b"held", True)
+        again.ack()
         parked = broker.consume(["idle"], prefetch=1).get(timeout_s=WAIT_S)
         assert parked is not None and parked.body == b"parked"
         parked.ack()

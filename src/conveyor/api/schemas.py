@@ -63,7 +63,7 @@ class ErrorKind:
 
 # The one mapping from exceptions to HTTP statuses, most specific first. Anything not listed
 # is a server fault (500, logged with its traceback).
-ERROR_STATUS: tuple[tuple[type[BaseException], ErrorKind], ...] = (
+ERROR_STATUS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (TaskNotFound, ErrorKind(404, "not_found")),
     (InvalidTransition, ErrorKind(409, "conflict")),
     (ConcurrentUpdate, ErrorKind(409, "conflict")),
@@ -94,6 +94,7 @@ class JsonResponse(JSONResponse):
 
 def error_response(status: int, type_: str, text: str, fields: list[str] | None = None,
                    headers: dict[str, str] | None = None) -> JsonResponse:
+    text = text.encode("utf-8", "replace").decode("utf-8")  # it may quote a mangled path
     body = {"error": {"type": type_, "message": text, "fields": fields or []}}
     return JsonResponse(body, status_code=status, headers=headers)
 

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Coroutine, Mapping
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -135,7 +135,7 @@ def resolve_url(url: str, queue_type: str | None,
     chosen = queue_type or from_url or env.get("CONVEYOR_QUEUE_TYPE") or "classic"
     if chosen not in QUEUE_TYPES:
         raise ConfigError(f"queue_type must be one of {', '.join(QUEUE_TYPES)}, not {chosen!r}")
-    return urlunsplit(parts._replace(query=urlencode(kept))), chosen
+    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote))), chosen
 
 
 def redact(url: str) -> str:

@@ -24,11 +24,15 @@ count as use for x-expires, so a delay queue is re-declared when its last declar
 older than 30 s; mandatory publishing catches one that vanished anyway.
 
 Reliability: persistent messages, durable queues, publisher confirms on every publish, manual
-acks. The connection is robust: aio-pika reconnects every second and restores topology and
-consumers. ``publish`` waits out an outage of up to 30 s, then raises BrokerConnectionError; a
-publish retried after a lost confirm may arrive twice (the store-side claim deduplicates).
+acks. The connection is robust: aio-pika reconnects and restores topology and consumers. It
+retries at a fixed interval, 1 s by default (``?reconnect_interval=`` in the URL), since
+aio-pika has no backoff; one attempt a second per process is cheap for RabbitMQ.
+``publish`` waits out an outage of up to 30 s, then raises BrokerConnectionError; a publish
+retried after a lost confirm may arrive twice (the store-side claim deduplicates).
 Deliveries from a channel that died cannot be settled: ack/nack on them are logged at debug
-and ignored, as RabbitMQ redelivers them.
+and ignored, as RabbitMQ redelivers them; buffered ones are dropped by ``get``. Only
+``str`` headers come through (bytes decoded, numbers as text); RabbitMQ's own x-death,
+x-first/last-death-* and x-delivery-count headers are hidden.
 
 Threading: all AMQP I/O runs on one event loop in a thread the broker owns; the public methods
 are synchronous and may be called from any thread but that one.
@@ -82,6 +86,10 @@ def quantize_delay_ms(delay_s: float) -> int:
 
 
 class RabbitmqBroker:
+    # Deliveries are held by the channel under RabbitMQ's consumer_timeout, not by a lease
+    # we could renew: long tasks get their delivery acked early (see Broker.lease_based).
+    lease_based = False
+
     def __init__(self, url: str, *, namespace: str = "conveyor", queue_type: str | None = None) -> None:
         amqp_url, resolved_type = resolve_url(url, queue_type)
         self.namespace = namespace
@@ -215,6 +223,10 @@ async def _settle(action: Awaitable[None], what: str) -> None:
 
 class _RabbitmqDelivery:
     __slots__ = ("_broker", "_message", "body", "headers", "queue", "redelivered")
+    body: bytes
+    headers: Mapping[str, str]
+    queue: str
+    redelivered: bool
 
     def __init__(self, broker: RabbitmqBroker, message: AbstractIncomingMessage, queue: str) -> None:
         self._broker = broker

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from conveyor.broker.base import Broker
 from conveyor.config import Settings
 from conveyor.model import TaskFilter, TaskStatus
-from conveyor.recovery import recover_expired
 from conveyor.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,8 @@ def lost_node_tasks_expired(store: Store, at: float) -> bool:
 def watch_nodes(store: Store, broker: Broker, settings: Settings, at: float) -> WatchResult:
     """One pass of the node watch at time ``at``."""
     lost = mark_lost_nodes(store, settings, at)
+    from conveyor.recovery import recover_expired  # lazily: recovery <-> worker import each other
+
     recovered = 0
     if lost_node_tasks_expired(store, at):
         recovered = recover_expired(store, broker, lease_s=0.0, max_crashes=settings.max_crashes)
@@ -65,4 +66,6 @@ def watch_nodes(store: Store, broker: Broker, settings: Settings, at: float) -> 
 
 def sweep_expired(store: Store, broker: Broker, settings: Settings) -> int:
     """The periodic sweep: tasks whose lease expired more than one lease ago, whoever owned them."""
+    from conveyor.recovery import recover_expired
+
     return recover_expired(store, broker, lease_s=settings.lease_s, max_crashes=settings.max_crashes)

@@ -46,15 +46,23 @@ CREATE TABLE IF NOT EXISTS scheduler_leases (
 """
 
 
-class ScheduleNotFound(StoreError):  # noqa: N818 - mirrors TaskNotFound
+class ScheduleNotFound(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown schedule {name!r}")
         self.name = name
 
 
-class DuplicateSchedule(StoreError):  # noqa: N818 - the name is taken
+class DuplicateSchedule(StoreError):
     def __init__(self, name: str) -> None:
         super().__init__(f"a schedule named {name!r} already exists")
+        self.name = name
+
+
+class ScheduleChanged(StoreError):
+    """Compare-and-set lost: the schedule was written since it was read."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule {name!r} was changed concurrently; read it again")
         self.name = name
 
 
@@ -133,7 +141,7 @@ class _SqlScheduleStore:
         if rows:
             return schedule.replace(version=rows[0][0])
         self.get(schedule.name)  # raises ScheduleNotFound if it is gone
-        raise StoreError(f"schedule {schedule.name!r} was changed concurrently; read it again")
+        raise ScheduleChanged(schedule.name)
 
     def upsert(self, schedule: Schedule) -> Schedule:
         """Create ``schedule`` or, when its definition changed, redefine the stored one (keeping
@@ -153,9 +161,7 @@ class _SqlScheduleStore:
                        ("type", "params", "cron", "timezone", "interval_s", "queue", "priority", "misfire")}
             try:
                 return self.update(current.redefine(**changes))
-            except ScheduleNotFound:
-                continue
-            except StoreError:
+            except (ScheduleNotFound, ScheduleChanged):
                 continue
         raise StoreError(f"schedule {schedule.name!r}: upsert kept racing")
 

@@ -40,7 +40,7 @@ MAX_FIRES_PER_TICK = 1000  # bound on late fires submitted at once
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,149}$")
 
 
-class InvalidSchedule(ConfigError, ValueError):  # noqa: N818 - reads as "an invalid schedule"
+class InvalidSchedule(ConfigError, ValueError):
     """A schedule definition is wrong; ``field`` names the offending field (for HTTP 422)."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -111,10 +111,8 @@ class Schedule:
         if self.cron is not None:
             _check_cron(self.cron)
         _zone("timezone", self.timezone)
-        if self.interval_s is not None:
-            if not isinstance(self.interval_s, int | float) or not math.isfinite(self.interval_s) \
-                    or self.interval_s < MIN_INTERVAL_S:
-                raise InvalidSchedule("interval_s", f"must be a number of seconds >= {MIN_INTERVAL_S:g}")
+        if self.interval_s is not None and not _valid_interval(self.interval_s):
+            raise InvalidSchedule("interval_s", f"must be a number of seconds >= {MIN_INTERVAL_S:g}")
         if self.misfire not in MISFIRE_POLICIES:
             raise InvalidSchedule("misfire", f"must be one of {', '.join(MISFIRE_POLICIES)}")
         if self.priority is not None and (isinstance(self.priority, bool) or self.priority not in range(10)):
@@ -210,12 +208,17 @@ def due_fires(schedule: Schedule, at: float, grace_s: float) -> Plan | None:
 def _count_between(schedule: Schedule, first: float, last: float, cap: int = 10_000) -> int:
     """Fire times in [first, last] (for logging; capped)."""
     if schedule.interval_s is not None:
-        return int(round((last - first) / schedule.interval_s)) + 1
+        return round((last - first) / schedule.interval_s) + 1
     count, t = 1, first
     while t < last and count < cap:
         t = schedule.next_fire(t)
         count += 1
     return count
+
+
+def _valid_interval(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        and value >= MIN_INTERVAL_S
 
 
 def _check_params(params: object) -> None:

@@ -12,6 +12,7 @@ import logging
 import multiprocessing
 import queue
 import traceback
+import uuid
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -58,10 +59,13 @@ class ProcessPool:
         self._all.add(child)
         self._idle.put(child)
 
-    def run(self, task_type: str, params: dict[str, Any], timeout: float | None) -> Any:
+    def run(self, task_type: str, params: dict[str, Any], timeout: float | None,
+            context: dict[str, Any] | None = None) -> Any:
+        """Run in a free child; ``context`` (id, attempt, max_attempts, node) backs current_task()."""
         child = self._idle.get()
         try:
-            child.conn.send_bytes(orjson.dumps({"type": task_type, "params": params}))
+            child.conn.send_bytes(orjson.dumps({"type": task_type, "params": params, "context": context},
+                                               default=str))
             if not child.conn.poll(timeout):
                 raise TaskTimeout(timeout or 0)
             reply = orjson.loads(child.conn.recv_bytes())
@@ -102,6 +106,11 @@ def _child_main(app_ref: str, conn: Connection) -> None:
 
 
 def _run_one(app: Any, request: dict[str, Any]) -> bytes:
+    from conveyor.context import TaskContext, reset_current, set_current
+
+    ctx = request.get("context") or {}
+    token = set_current(TaskContext(id=uuid.UUID(ctx["id"]), type=request["type"], attempt=ctx["attempt"],
+                                    max_attempts=ctx["max_attempts"], node=ctx["node"])) if ctx else None
     try:
         handler = app.registry.get(request["type"]).handler
         result = handler(**request["params"])
@@ -113,6 +122,9 @@ def _run_one(app: Any, request: dict[str, Any]) -> bytes:
                 "traceback": "".join(traceback.format_exception(exc)),
                 "retry_delay_s": getattr(exc, "delay_s", None), "abort": type(exc).__name__ == "Abort"}
         return orjson.dumps({"ok": False, "error": info})
+    finally:
+        if token is not None:
+            reset_current(token)
 
 
 async def _await(awaitable: Any) -> Any:

@@ -255,7 +255,9 @@ class Worker:
         # A task submitted by a client that did not know the type's options gets the handler's.
         timeout = task.timeout if task.timeout is not None else spec.options.timeout
         if self.process_pool is not None:
-            return self.process_pool.run(task.type, task.params, timeout)
+            context = {"id": str(task.id), "attempt": task.attempts, "max_attempts": task.max_attempts,
+                       "node": self.node_id}
+            return self.process_pool.run(task.type, task.params, timeout, context)
         token = set_current(TaskContext(id=task.id, type=task.type, attempt=task.attempts,
                                         max_attempts=task.max_attempts, node=self.node_id,
                                         cancel_requested=flight.cancelled))

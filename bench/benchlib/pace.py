@@ -1,0 +1,50 @@
+"""Client-side helpers shared by every system's client: timing loops and the paced submitter."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+
+def paced(submit: Callable[[int, float], None], *, rate: float, count: int, threads: int) -> dict[str, float]:
+    """Call ``submit(i, sent)`` ``count`` times on a steady schedule of ``rate`` per second,
+    spread over ``threads`` threads (one submit may take longer than 1/rate). A submit that
+    falls behind goes out at once; ``achieved_rate`` says whether the schedule was kept."""
+    start = time.monotonic() + 0.05
+    errors: list[BaseException] = []
+
+    def lane(k: int) -> None:
+        try:
+            for i in range(k, count, threads):
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                submit(i, time.time())
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=lane, args=(k,), daemon=True) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    elapsed = time.monotonic() - start
+    return {"elapsed_s": elapsed, "n": count, "target_rate": rate, "achieved_rate": count / elapsed}
+
+
+def timed(action: Callable[[], None], n: int) -> dict[str, float]:
+    start = time.perf_counter()
+    action()
+    elapsed = time.perf_counter() - start
+    return {"elapsed_s": elapsed, "n": n, "rate": n / elapsed}
+
+
+def emit(result: dict[str, float]) -> None:
+    """The one line of stdout the harness reads."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()

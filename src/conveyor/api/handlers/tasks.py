@@ -1,0 +1,135 @@
+"""Task endpoints: submit (one or a batch), look up, list, cancel, retry.
+
+Handlers are plain ``def``: ``TaskService`` does blocking I/O, so FastAPI runs them in its
+threadpool. A malformed task id is answered like an unknown one (404): the path names no task.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from conveyor import message
+from conveyor.api.handlers import ServiceDep
+from conveyor.api.schemas import (
+    ApiInputError,
+    BatchIn,
+    BatchOut,
+    ErrorOut,
+    FilterText,
+    JsonResponse,
+    SubmittedOut,
+    TaskDetailOut,
+    TaskIn,
+    TaskOut,
+    TaskPageOut,
+)
+from conveyor.errors import SerializationError, TaskNotFound
+from conveyor.message import Message
+from conveyor.model import Task, TaskFilter, TaskStatus
+from conveyor.service import SubmitRequest, TaskService
+
+router = APIRouter(tags=["tasks"])
+
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No task with that id"}}
+CONFLICT: Responses = {409: {"model": ErrorOut, "description": "The task's status does not allow it"}}
+
+
+def parse_task_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise TaskNotFound(text[:100]) from None
+
+
+def _submitted(task: Task, created: bool) -> dict[str, Any]:
+    return {**task.to_dict(), "created": created}
+
+
+def _field_of(error: Exception) -> str:
+    """TaskService's messages start with the field they are about ("priority must be ...")."""
+    if str(error).startswith("message is"):
+        return "params"  # the encoded message is too large: params are what can shrink
+    first = str(error).split(" ", 1)[0]
+    return first if first in TaskIn.model_fields else "body"
+
+
+def _check(service: TaskService, request: SubmitRequest, prefix: str = "") -> None:
+    try:
+        task = service.build_task(request)
+        message.encode(Message.for_task(task))  # over the message size limit: refuse before storing
+    except (ValueError, SerializationError) as exc:
+        field = prefix + _field_of(exc)
+        raise ApiInputError(f"{field}: {exc}", [field]) from exc
+
+
+@router.post("/tasks", status_code=201, response_model=None, responses={
+    201: {"model": SubmittedOut, "description": "Created"},
+    200: {"model": SubmittedOut, "description": "The idempotency key named an earlier task: that task"},
+})
+def submit_task(body: TaskIn, service: ServiceDep) -> JsonResponse:
+    """Submit one task."""
+    request = body.to_request()
+    _check(service, request)
+    task, created = service.submit(request)
+    return JsonResponse(_submitted(task, created), status_code=201 if created else 200)
+
+
+@router.post("/tasks:batch", status_code=201, response_model=None,
+             responses={201: {"model": BatchOut, "description": "Submitted, in request order"}})
+def submit_batch(body: BatchIn, service: ServiceDep) -> JsonResponse:
+    """Submit up to 1,000 tasks. Every item is validated before any is stored, so a bad item
+    refuses the whole batch; each result carries its own ``created`` flag."""
+    requests = [item.to_request() for item in body.tasks]
+    for i, request in enumerate(requests):
+        _check(service, request, prefix=f"tasks[{i}].")
+    results = service.submit_many(requests)
+    return JsonResponse({"tasks": [_submitted(t, created) for t, created in results]}, status_code=201)
+
+
+@router.get("/tasks/{task_id}", response_model=None,
+            responses={200: {"model": TaskDetailOut, "description": "The task and its timeline"}, **NOT_FOUND})
+def get_task(task_id: str, service: ServiceDep) -> JsonResponse:
+    """One task with its timeline (``events``, oldest first)."""
+    tid = parse_task_id(task_id)
+    task = service.get(tid)
+    events = service.events(tid)
+    return JsonResponse({**task.to_dict(), "events": [e.to_dict() for e in events]})
+
+
+@router.get("/tasks", response_model=None,
+            responses={200: {"model": TaskPageOut, "description": "A page of tasks, newest first"}})
+def list_tasks(
+    service: ServiceDep,
+    status: TaskStatus | None = None,
+    task_type: Annotated[FilterText | None, Query(alias="type")] = None,
+    queue: FilterText | None = None,
+    node: FilterText | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[uuid.UUID | None, Query(description="next_cursor of the previous page")] = None,
+) -> JsonResponse:
+    """Tasks newest first, keyset-paged: pass ``next_cursor`` back as ``cursor``."""
+    page = service.query(TaskFilter(status=status, type=task_type, queue=queue, node=node),
+                         limit=limit, cursor=cursor)
+    return JsonResponse({
+        "tasks": [t.to_dict() for t in page.tasks],
+        "next_cursor": str(page.next_cursor) if page.next_cursor else None,
+    })
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=None,
+             responses={200: {"model": TaskOut, "description": "Cancelled"}, **NOT_FOUND, **CONFLICT})
+def cancel_task(task_id: str, service: ServiceDep) -> JsonResponse:
+    """Cancel a task that has not finished. Queued or scheduled: it never runs. Running: its
+    worker is told at its next lease renewal. Finished: 409."""
+    return JsonResponse(service.cancel(parse_task_id(task_id)).to_dict())
+
+
+@router.post("/tasks/{task_id}/retry", response_model=None,
+             responses={200: {"model": TaskOut, "description": "Queued again"}, **NOT_FOUND, **CONFLICT})
+def retry_task(task_id: str, service: ServiceDep) -> JsonResponse:
+    """Run a failed or cancelled task again: same id, attempts continue. Otherwise 409."""
+    return JsonResponse(service.retry(parse_task_id(task_id)).to_dict())
