@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from conveyor.errors import SerializationError
-from conveyor.model import JSON, Task, iso, parse_iso
+from conveyor.model import JSON, Task, TaskStatus, iso, now, parse_iso
 
 PROTOCOL_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -42,11 +42,16 @@ class Message:
 
     def to_task(self) -> Task:
         """A task record for a message that reached a worker without going through a store
-        (a client in another language published it straight to the broker)."""
+        (a client in another language published it straight to the broker). A future eta makes it
+        ``scheduled``, so the claim hands the delivery back until then."""
+        at = now()
+        scheduled = self.eta is not None and self.eta > at
         return Task(
             id=self.id, type=self.type, params=self.params, queue=self.queue,
             priority=self.priority, attempts=self.attempt - 1, max_attempts=self.max_attempts,
-            timeout=self.timeout, eta=self.eta,
+            timeout=self.timeout, eta=self.eta if scheduled else None,
+            status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,
+            created_at=at, queued_at=None if scheduled else at,
         )
 
 

@@ -4,6 +4,7 @@ HTTP API all go through it, so validation and the store-then-publish order live 
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MAX_TYPE_LENGTH = 200
 MAX_KEY_LENGTH = 200
+# Queue names: letters, digits, "." "-" "_" ":"; a leading "_" is reserved for Conveyor (_reports).
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class TaskService:
         params = message.loads(message.dumps(request.params))  # refuse non-JSON early, keep JSON types
         spec = self.registry.find(request.type)
         defaults = spec.options if spec else TaskOptions()
+        queue = request.queue or defaults.queue
+        if not QUEUE_NAME.match(queue):
+            raise ValueError("queue must be 1-100 of letters, digits, '.', '-', '_' or ':', not starting with '_'")
         priority = defaults.priority if request.priority is None else request.priority
         if not 0 <= priority <= 9:
             raise ValueError("priority must be between 0 and 9")
@@ -89,7 +95,7 @@ class TaskService:
             eta = created_at + request.delay_s
         scheduled = eta is not None and eta > created_at
         return Task(
-            type=request.type, params=params, queue=request.queue or defaults.queue,
+            type=request.type, params=params, queue=queue,
             priority=priority, max_attempts=max_attempts, timeout=timeout,
             eta=eta if scheduled else None, idempotency_key=request.idempotency_key,
             status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,

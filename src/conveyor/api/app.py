@@ -37,7 +37,7 @@ from conveyor import __version__, config
 from conveyor.api.auth import BearerAuthMiddleware
 from conveyor.api.handlers.ops import ApiMetrics
 from conveyor.api.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, GuardMiddleware
-from conveyor.api.routes import build_router
+from conveyor.api.routes import build_router, optional_closers
 from conveyor.api.schemas import ERROR_STATUS, ApiInputError, JsonResponse, error_kind, error_response
 from conveyor.broker import open_broker
 from conveyor.config import Settings
@@ -81,6 +81,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        for close in optional_closers():  # e.g. the schedules router's own store
+            await run_in_threadpool(close, app)
         if opened is not None:
             app.state.service = None
             await run_in_threadpool(close_service, opened)

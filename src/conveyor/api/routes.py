@@ -5,6 +5,8 @@ is mounted when it is importable."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends
 
@@ -27,6 +29,15 @@ def build_router() -> APIRouter:
         root.include_router(router, dependencies=[Depends(bearer_scheme)], responses=ERROR_RESPONSES)
     root.include_router(ops.router)
     return root
+
+
+def optional_closers() -> list[Callable[[Any], None]]:
+    """Shutdown hooks of the optional routers (each takes the app)."""
+    try:
+        from conveyor.api.schedules import close_schedule_store
+    except ImportError:
+        return []
+    return [close_schedule_store]
 
 
 def optional_routers() -> list[APIRouter]:

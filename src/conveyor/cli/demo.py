@@ -4,12 +4,14 @@ a live progress bar, and a summary by status and node. Exits 0 in about 30 s at 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,7 +20,7 @@ from rich.table import Table
 from conveyor.app import Conveyor, TaskHandle
 from conveyor.cli import render
 from conveyor.cli.main import CliContext, cli
-from conveyor.config import Settings
+from conveyor.config import DEFAULT_URL, Settings
 from conveyor.model import Task
 
 DEADLINE_S = 25.0
@@ -31,14 +33,20 @@ DEADLINE_S = 25.0
 @click.pass_obj
 def demo(ctx: CliContext, count: int, workers: int, keep: bool) -> None:
     """Run a demo: worker processes, sample tasks, live progress, a summary."""
-    folder = tempfile.mkdtemp(prefix="conveyor-demo-")
-    url = f"sqlite:///{folder}/conveyor.db"
-    settings = Settings(broker_url=url, store_url=url, heartbeat_s=1.0, grace_s=5.0)
+    chosen = ctx.settings
+    folder = None
+    if chosen.broker_url == DEFAULT_URL and chosen.store_url == DEFAULT_URL:
+        folder = tempfile.mkdtemp(prefix="conveyor-demo-")  # a fresh embedded file per run
+        chosen = chosen.with_overrides(broker_url=f"sqlite:///{folder}/conveyor.db",
+                                       store_url=f"sqlite:///{folder}/conveyor.db")
+    settings = chosen.with_overrides(heartbeat_s=1.0, grace_s=5.0)
+    mode = "embedded mode" if settings.broker_url.startswith("sqlite") else "distributed mode"
     from conveyor.demo_tasks import app
 
     app.use_settings(settings)  # submit with the demo types' own options (timeouts, attempts)
-    render.console.print(f"[bold]Conveyor demo[/]: embedded mode ({url}), {workers} worker processes")
-    procs = [_start_worker(url, f"demo-node-{i + 1}") for i in range(workers)]
+    render.console.print(f"[bold]Conveyor demo[/]: {mode}, broker {_safe_url(settings.broker_url)}, "
+                         f"store {_safe_url(settings.store_url)}, {workers} worker processes")
+    procs = [_start_worker(settings, f"demo-node-{i + 1}") for i in range(workers)]
     try:
         handles = _submit_batch(app, count)
         tasks = _watch(app, handles)
@@ -52,17 +60,26 @@ def demo(ctx: CliContext, count: int, workers: int, keep: bool) -> None:
                 proc.kill()
     _summary(tasks)
     app.close()
-    if keep:
+    if keep and folder:
         render.console.print(f"database kept at {folder}/conveyor.db")
+    elif folder:
+        shutil.rmtree(folder, ignore_errors=True)
     unfinished = [t for t in tasks if not t.status.is_final]
     if unfinished:
         render.console.print(f"[red]{len(unfinished)} task(s) did not finish in time[/]")
         raise SystemExit(1)
 
 
-def _start_worker(url: str, node_id: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CONVEYOR_BROKER_URL": url, "CONVEYOR_STORE_URL": url, "CONVEYOR_HEARTBEAT_S": "1",
-           "CONVEYOR_LOG_LEVEL": "ERROR"}
+def _safe_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def _start_worker(settings: Settings, node_id: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CONVEYOR_BROKER_URL": settings.broker_url, "CONVEYOR_STORE_URL": settings.store_url,
+           "CONVEYOR_HEARTBEAT_S": "1", "CONVEYOR_LOG_LEVEL": "ERROR"}
     return subprocess.Popen(
         [sys.executable, "-m", "conveyor", "worker", "conveyor.demo_tasks", "--concurrency", "4",
          "--node-id", node_id, "--grace", "5"],

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from conveyor.errors import ConcurrentUpdate, TaskNotFound
 from conveyor.message import Message
 from conveyor.model import Task, TaskStatus, now
+from conveyor.recovery import take_over
 from conveyor.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -82,19 +83,3 @@ def _decide(store: Store, task: Task, node: str, *, lease_s: float, max_crashes:
         queued_at=task.queued_at or at,
     )
     return Run(started)
-
-
-def take_over(store: Store, task: Task, *, max_crashes: int) -> Task:
-    """The running task's owner stopped renewing its lease: count a crash, and either put the
-    task back to queued or, after ``max_crashes``, fail it as ``crashed`` for inspection."""
-    crashes = task.crashes + 1
-    reason = f"lease of node {task.node} expired (crash {crashes} of {max_crashes})"
-    if crashes >= max_crashes:
-        log.error("task %s failed: its node died %d times", task.id, crashes,
-                  extra={"task_id": str(task.id), "action": "crashed"})
-        error = {"type": "crashed", "message": f"its worker died while running it {crashes} times",
-                 "traceback": None}
-        return store.update(task, TaskStatus.FAILED, detail=reason, crashes=crashes, error=error,
-                            finished_at=now(), lease_until=None)
-    log.warning("task %s: %s", task.id, reason, extra={"task_id": str(task.id), "action": "takeover"})
-    return store.update(task, TaskStatus.QUEUED, detail=reason, crashes=crashes, lease_until=None)
