@@ -3,6 +3,7 @@ signalled as one group), output to a log file, all killed at the end whatever ha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,10 +64,8 @@ class Procs:
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for proc in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(proc, signal.SIGKILL)  # children that outlived their parent too
             proc.wait()
             if proc in self.running:
@@ -77,10 +76,8 @@ class Procs:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # the group this process leads (start_new_session=True)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def tail(path: Path, lines: int = 8) -> str:

@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchlib import env as E
-from benchlib import record
+from benchlib import infra, record
 from benchlib.procs import memory_mb
 from benchlib.systems import (
     Celery,
@@ -66,7 +65,7 @@ class RawAmqp(System):
     family = "amqp"
 
     def cleanup(self, scope: Scope) -> None:
-        E.delete_queues([scope.queue])
+        infra.delete_queues([scope.queue])
 
 
 def drain_rate(scope: Scope) -> float:
@@ -149,7 +148,7 @@ def ceiling(publisher: str, ack_every: int, n: int) -> Callable[[Scope], Metrics
         env = scope.env()
 
         def client(*args: str) -> Metrics:
-            return scope.procs.run([E.PEERS_PYTHON, "-m", "peers.ceiling", *args, "--queue", scope.queue],
+            return scope.procs.run([infra.PEERS_PYTHON, "-m", "peers.ceiling", *args, "--queue", scope.queue],
                                    env, f"ceiling-{args[0]}", 120 + n / 100)
 
         published = client(publisher, "--n", str(n))

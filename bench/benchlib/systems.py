@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import env as E
-from benchlib import record
+from benchlib import infra, record
 from benchlib.procs import BenchError, Procs
 
 Popen = subprocess.Popen[bytes]
@@ -36,7 +35,7 @@ class Scope:
         return self.root / "records"
 
     def env(self) -> dict[str, str]:
-        return {**E.base_env(self.record_dir, self.queue), **self.extra_env}
+        return {**infra.base_env(self.record_dir, self.queue), **self.extra_env}
 
 
 class System:
@@ -82,11 +81,11 @@ class ConveyorAmqp(System):
         self.concurrency = concurrency
 
     def urls(self, scope: Scope) -> dict[str, str]:
-        return {"CONVEYOR_BROKER_URL": E.AMQP, "CONVEYOR_STORE_URL": E.pg_url(scope.tag)}
+        return {"CONVEYOR_BROKER_URL": infra.AMQP, "CONVEYOR_STORE_URL": infra.pg_url(scope.tag)}
 
     def prepare(self, scope: Scope) -> None:
         super().prepare(scope)
-        E.create_schema(scope.tag, migrate=True)
+        infra.create_schema(scope.tag, migrate=True)
         scope.extra_env.update(self.urls(scope), CONVEYOR_GRACE_S="3", CONVEYOR_LOG_LEVEL="WARNING")
 
     def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
@@ -106,8 +105,8 @@ class ConveyorAmqp(System):
             scope.env(), f"conveyor-worker{k}") for k in range(self.processes)]
 
     def cleanup(self, scope: Scope) -> None:
-        E.delete_queues([f"conveyor.{scope.queue}"])
-        E.drop_schema(scope.tag)
+        infra.delete_queues([f"conveyor.{scope.queue}"])
+        infra.drop_schema(scope.tag)
 
 
 class ConveyorSqlite(ConveyorAmqp):
@@ -130,7 +129,7 @@ class ConveyorSqlite(ConveyorAmqp):
 
 class Peer(System):
     def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
-        return scope.procs.run([E.PEERS_PYTHON, "-m", "peers.client", self.family, *args], scope.env(),
+        return scope.procs.run([infra.PEERS_PYTHON, "-m", "peers.client", self.family, *args], scope.env(),
                                f"{self.family}-{name}", client_timeout(n))
 
     def fill(self, scope: Scope, n: int) -> dict[str, float]:
@@ -154,10 +153,10 @@ class Celery(Peer):
     def prepare(self, scope: Scope) -> None:
         super().prepare(scope)
         if self.backend == "postgresql":
-            E.create_schema(scope.tag, migrate=False)
-            scope.extra_env.update(BENCH_PG_SCHEMA=scope.tag, BENCH_CELERY_BACKEND=f"db+{E.PG}")
+            infra.create_schema(scope.tag, migrate=False)
+            scope.extra_env.update(BENCH_PG_SCHEMA=scope.tag, BENCH_CELERY_BACKEND=infra.PG.replace("postgresql://", "db+postgresql+psycopg2://"))
         elif self.backend == "redis":
-            scope.extra_env["BENCH_CELERY_BACKEND"] = E.REDIS
+            scope.extra_env["BENCH_CELERY_BACKEND"] = infra.REDIS
 
     def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
         # Clients send without a result backend (a Redis one would subscribe to every task's
@@ -171,17 +170,17 @@ class Celery(Peer):
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
-            [E.PEERS_PYTHON, "-m", "celery", "-A", "peers.celery_app", "worker", "-P", "prefork",
+            [infra.PEERS_PYTHON, "-m", "celery", "-A", "peers.celery_app", "worker", "-P", "prefork",
              "-c", str(self.concurrency), "-Q", scope.queue, "--loglevel", "WARNING", "--without-gossip",
              "--without-mingle", "--without-heartbeat", "-n", f"{scope.tag}@%h"],
             scope.env(), "celery-worker")]
 
     def cleanup(self, scope: Scope) -> None:
-        E.delete_queues([scope.queue])
+        infra.delete_queues([scope.queue], exchanges=(scope.queue,))  # Celery names one after the queue
         if self.backend == "postgresql":
-            E.drop_schema(scope.tag)
+            infra.drop_schema(scope.tag)
         elif self.backend == "redis":
-            subprocess.run([E.PEERS_PYTHON, "-m", "peers.admin", "redis-clean", str(E.REDIS_DB)],
+            subprocess.run([infra.PEERS_PYTHON, "-m", "peers.admin", "redis-clean", str(infra.REDIS_DB)],
                            env=scope.env(), capture_output=True, timeout=120, check=False)
 
 
@@ -194,13 +193,13 @@ class Dramatiq(Peer):
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
-            [E.PEERS_PYTHON, "-m", "dramatiq", "peers.dramatiq_app", "--processes", str(self.processes),
+            [infra.PEERS_PYTHON, "-m", "dramatiq", "peers.dramatiq_app", "--processes", str(self.processes),
              "--threads", str(self.threads), "--queues", scope.queue],
             scope.env(), "dramatiq-worker")]
 
     def cleanup(self, scope: Scope) -> None:
         q = scope.queue
-        E.delete_queues([q, f"{q}.DQ", f"{q}.XQ"])
+        infra.delete_queues([q, f"{q}.DQ", f"{q}.XQ"])
 
 
 class Huey(Peer):
@@ -218,7 +217,7 @@ class Huey(Peer):
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
-            [E.PEERS_PYTHON, "-m", "huey.bin.huey_consumer", "peers.huey_app.huey", "-w", str(self.workers),
+            [infra.PEERS_PYTHON, "-m", "huey.bin.huey_consumer", "peers.huey_app.huey", "-w", str(self.workers),
              "-k", "process", "-q"], scope.env(), "huey-consumer")]
 
 

@@ -11,14 +11,19 @@ from typing import Any
 import orjson
 import pytest
 
+from conveyor.model import TaskFilter
 from tests.e2e.conftest import REPO_ROOT, Workers
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def conveyor(workers: Workers, *args: str, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m conveyor ARGS`` against the test's database; wide output, no colour."""
+def conveyor(workers: Workers, *args: str, timeout_s: float = 30.0,
+             default_urls: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m conveyor ARGS`` against the test's database (or, with ``default_urls``,
+    the embedded default); wide output, no colour."""
     env = workers.env(extra={"COLUMNS": "200", "NO_COLOR": "1", "CONVEYOR_LOG_LEVEL": "WARNING"})
+    if default_urls:
+        del env["CONVEYOR_BROKER_URL"], env["CONVEYOR_STORE_URL"]
     return subprocess.run([sys.executable, "-m", "conveyor", *args], cwd=workers.tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout_s, check=False)
 
@@ -35,13 +40,21 @@ def demo_worker(workers: Workers) -> Workers:
 
 
 def test_demo_runs_two_workers_and_prints_the_summary(workers: Workers, tmp_path: Path) -> None:
-    result = conveyor(workers, "demo", timeout_s=40.0)
+    result = conveyor(workers, "demo", timeout_s=40.0, default_urls=True)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "summary by node and status" in result.stdout
     assert "demo-node-1" in result.stdout and "demo-node-2" in result.stdout
     assert "succeeded" in result.stdout
-    assert not (tmp_path / "conveyor.db").exists(), "the demo keeps to its own temporary folder"
+    assert "embedded mode" in result.stdout
+    assert not (tmp_path / "conveyor.db").exists(), "on the default URLs the demo uses a temporary folder"
+
+
+def test_demo_on_given_urls_runs_its_tasks_there(workers: Workers) -> None:
+    result = conveyor(workers, "demo", "--tasks", "20", timeout_s=40.0)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(workers.store().query(TaskFilter(), limit=100).tasks) == 20
 
 
 def test_submit_wait_json_prints_the_result_of_the_task(demo_worker: Workers) -> None:

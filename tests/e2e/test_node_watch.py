@@ -82,3 +82,24 @@ def test_a_lost_node_that_heartbeats_again_is_live_again(
     finally:
         frozen.signal(signal.SIGCONT)
     wait_for(lambda: node_status(workers, "frozen") == "live", 10, "the node to be live again")
+
+
+def test_the_scheduler_declares_the_periodic_schedules_of_its_app(workers: Workers, tmp_path: Path) -> None:
+    from conveyor.scheduler.schedule_store import open_schedule_store
+
+    command = [sys.executable, "-m", "conveyor", "scheduler", "--no-http", "--app", SLEEPY]
+    with (tmp_path / "declaring.log").open("wb") as log_file:
+        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=workers.env(), stdin=subprocess.DEVNULL,
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    schedules = None
+    try:
+        wait_for(lambda: (tmp_path / "conveyor.db").exists(), 15, "the database")
+        schedules = open_schedule_store(workers.url)
+        declared = wait_for(lambda: schedules.all(), 15, "the declared schedule")
+        assert [(s.name, s.type, s.cron, s.timezone, s.params) for s in declared] == [
+            ("sleepy.new-year-nap", "sleepy.nap", "0 12 1 1 *", "Europe/Paris", {"seconds": 0})]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        if schedules is not None:
+            schedules.close()

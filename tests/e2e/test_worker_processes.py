@@ -162,13 +162,14 @@ def test_a_process_pool_handler_past_its_timeout_is_killed_and_the_worker_goes_o
     assert not marker.exists(), "the handler process was killed, not abandoned"
 
 
-@pytest.mark.xfail(reason="BUG: process_pool._run_one runs the handler without a TaskContext, so "
-                          "current_task() raises in --pool process handlers", strict=True)
-def test_current_task_is_available_in_a_process_pool_handler(core: ModuleType, workers: Workers) -> None:
-    workers.start(pool="process", concurrency=1)
+def test_current_task_is_available_in_a_process_pool_handler(
+        core: ModuleType, workers: Workers, exec_log: Path) -> None:
+    workers.start(node_id="procs", pool="process", concurrency=1)
     handle = core.flaky.submit({"fail_times": 1})
 
     assert handle.result(timeout=15) == {"attempt": 2}
+    assert [(e.task_id, e.attempt, e.node) for e in read_executions(exec_log)] == [
+        (str(handle.id), 1, "procs"), (str(handle.id), 2, "procs")]
 
 
 # -- 4. a worker dies mid-task ---------------------------------------------------------------

@@ -289,3 +289,10 @@ def _publish_capturing(broker: RabbitmqBroker, errors: list[BaseException]) -> N
         broker.publish(b"during", queue="live")
     except BaseException as exc:
         errors.append(exc)
+
+
+def test_a_delay_longer_than_one_hop_is_capped_to_the_hop() -> None:
+    from conveyor.broker.rabbitmq import MAX_DELAY_S
+
+    assert quantize_delay_ms(400 * 24 * 3600) == int(MAX_DELAY_S * 1000)
+    assert quantize_delay_ms(MAX_DELAY_S - 0.5) == int(MAX_DELAY_S * 1000)

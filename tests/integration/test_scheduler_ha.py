@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,12 +71,12 @@ class Replicas:
         self.tmp_path = tmp_path
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, replica: str) -> None:
+    def start(self, replica: str, *, http: str | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         env.update({"CONVEYOR_STORE_URL": self.backend.store_url, "CONVEYOR_BROKER_URL": self.backend.broker_url,
                     "PYTHONPATH": str(REPO_ROOT / "src"), "PYTHONUNBUFFERED": "1"})
-        command = [sys.executable, "-m", "conveyor", "scheduler", "--no-http", "--id", replica,
-                   "--lease", str(LEASE_S), "--renew", str(RENEW_S)]
+        command = [sys.executable, "-m", "conveyor", "scheduler", "--id", replica, "--lease", str(LEASE_S),
+                   "--renew", str(RENEW_S), *(["--http", http] if http else ["--no-http"])]
         with (self.tmp_path / f"{replica}.log").open("wb") as log:
             self.procs[replica] = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                                    stderr=subprocess.STDOUT)
@@ -90,9 +91,11 @@ class Replicas:
         for replica in self.procs:
             self.kill(replica)
 
+    def log(self, replica: str) -> str:
+        return (self.tmp_path / f"{replica}.log").read_text(errors="replace")
+
     def logs(self) -> str:
-        return "\n".join(f"--- {r} ---\n{(self.tmp_path / f'{r}.log').read_text(errors='replace')}"
-                         for r in self.procs)
+        return "\n".join(f"--- {r} ---\n{self.log(r)}" for r in self.procs)
 
 
 def leader(schedules: ScheduleStore) -> str | None:
@@ -154,3 +157,38 @@ def test_two_replicas_fire_every_tick_exactly_once(backend: Backend, tmp_path: P
         store.close()
         if backend.broker_url.startswith("amqp"):
             delete_rabbitmq_queue(backend.broker_url, queue)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_a_leader_stopped_by_sigterm_stops_its_http_api_and_hands_over_at_once(
+        backend: Backend, tmp_path: Path) -> None:
+    import httpx
+
+    schedules = open_schedule_store(backend.store_url)
+    replicas = Replicas(backend, tmp_path)
+    port = free_port()
+    try:
+        schedules.create(Schedule.new(f"s-{uuid.uuid4().hex[:8]}", "ha.noop", cron="0 0 1 1 *"))
+        replicas.start("replica-a", http=f"127.0.0.1:{port}")
+        wait_for(lambda: leader(schedules) == "replica-a", 20, "replica-a to lead")
+        replicas.start("replica-b")
+        listed = httpx.get(f"http://127.0.0.1:{port}/api/v1/schedules", timeout=5)
+        assert listed.status_code == 200
+        assert [s["name"] for s in listed.json()["schedules"]] == [s.name for s in schedules.all()]
+        wait_for(lambda: "scheduler replica-b started" in replicas.log("replica-b"), 20, "replica-b to stand by")
+        replicas.procs["replica-a"].send_signal(signal.SIGTERM)
+        assert replicas.procs["replica-a"].wait(timeout=10) == 0, replicas.logs()
+        stopped = time.monotonic()
+        wait_for(lambda: leader(schedules) == "replica-b", LEASE_S + 5, "replica-b to take over")
+        assert time.monotonic() - stopped < LEASE_S  # released, not left to expire
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        replicas.kill_all()
+        schedules.close()

@@ -15,7 +15,7 @@ OPTIONS = TaskOptions(retry_backoff_s=1.0, retry_backoff_max_s=60.0)
 
 
 def ceiling(attempt: int, options: TaskOptions = OPTIONS) -> float:
-    return min(options.retry_backoff_max_s, options.retry_backoff_s * 2 ** (attempt - 1))
+    return min(options.retry_backoff_max_s, options.retry_backoff_s * 2.0 ** (attempt - 1))
 
 
 @pytest.mark.parametrize("attempt", range(1, 12))

@@ -3,6 +3,7 @@ policies, validation, the lease compare-and-set, and tick idempotency on the emb
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from datetime import datetime
 from itertools import pairwise
@@ -13,7 +14,8 @@ import pytest
 
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.config import Settings
-from conveyor.model import TaskFilter
+from conveyor.model import NodeInfo, TaskFilter, TaskStatus, now
+from conveyor.scheduler.nodewatch import WatchResult, watch_nodes
 from conveyor.scheduler.schedule_store import (
     DuplicateSchedule,
     ScheduleNotFound,
@@ -21,7 +23,7 @@ from conveyor.scheduler.schedule_store import (
 )
 from conveyor.scheduler.schedules import InvalidSchedule, Schedule, due_fires
 from conveyor.scheduler.service import SchedulerService
-from conveyor.service import TaskService
+from conveyor.service import SubmitRequest, TaskService
 from conveyor.store.sqlite import SqliteStore
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -243,3 +245,106 @@ def test_code_declared_schedules_are_upserted_keeping_the_enabled_flag(
     service.declare([{**spec, "cron": "0 4 * * *"}])
     stored = schedules.get("nightly")
     assert (stored.cron, stored.enabled) == ("0 4 * * *", False)
+
+
+# -- HTTP API ------------------------------------------------------------------------------
+@pytest.fixture
+def client(sqlite_url: str, tasks: TaskService) -> Iterator[Any]:
+    from conveyor.api.app import create_app
+
+    with warnings.catch_warnings():  # starlette asks for httpx2, which is not a dependency
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    settings = Settings(store_url=sqlite_url, broker_url=sqlite_url)
+    with TestClient(create_app(settings, service=tasks)) as test_client:
+        yield test_client
+
+
+def test_the_api_creates_lists_shows_changes_and_deletes_a_schedule(client: Any) -> None:
+    created = client.post("/api/v1/schedules", json={"name": "tick", "type": "demo.add", "interval_s": 60,
+                                                      "params": {"a": 1}, "misfire": "run_once"})
+    assert created.status_code == 201, created.text
+    assert created.json()["interval_s"] == 60.0
+    assert [s["name"] for s in client.get("/api/v1/schedules").json()["schedules"]] == ["tick"]
+    changed = client.patch("/api/v1/schedules/tick", json={"cron": "0 9 * * 1-5", "timezone": "Europe/Paris",
+                                                           "enabled": False})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["cron"], body["interval_s"], body["enabled"]) == ("0 9 * * 1-5", None, False)
+    assert client.get("/api/v1/schedules/tick").json()["timezone"] == "Europe/Paris"
+    assert client.delete("/api/v1/schedules/tick").status_code == 204
+    assert client.get("/api/v1/schedules/tick").status_code == 404
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"cron": "61 * * * *"}, "cron"),
+    ({"cron": "0 9 * * *", "timezone": "Mars/Olympus"}, "timezone"),
+    ({"cron": "0 9 * * *", "interval_s": 5}, "cron"),
+    ({}, "cron"),
+    ({"interval_s": 0.1}, "interval_s"),
+    ({"interval_s": 5, "misfire": "always"}, "misfire"),
+    ({"interval_s": 5, "params": "x"}, "params"),
+])
+def test_the_api_refuses_a_bad_schedule_naming_the_field(client: Any, body: dict[str, Any], field: str) -> None:
+    response = client.post("/api/v1/schedules", json={"name": "s", "type": "t", **body})
+    assert response.status_code == 422, response.text
+    assert field in response.json()["error"]["fields"]
+
+
+def test_the_api_answers_404_for_an_unknown_name_and_409_for_a_taken_one(client: Any) -> None:
+    assert client.patch("/api/v1/schedules/nope", json={"enabled": False}).status_code == 404
+    assert client.delete("/api/v1/schedules/nope").status_code == 404
+    body = {"name": "dup", "type": "t", "interval_s": 5}
+    assert client.post("/api/v1/schedules", json=body).status_code == 201
+    conflict = client.post("/api/v1/schedules", json=body)
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["fields"] == ["name"]
+    bad_patch = client.patch("/api/v1/schedules/dup", json={"cron": "nope"})
+    assert (bad_patch.status_code, bad_patch.json()["error"]["fields"]) == (422, ["cron"])
+
+
+# -- CLI -----------------------------------------------------------------------------------
+def test_the_cli_adds_lists_and_removes_schedules(sqlite_url: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from conveyor.cli.main import cli
+    from conveyor.cli.scheduler import schedule  # noqa: F401 - registers the commands
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--store", sqlite_url, "--broker", sqlite_url, "--json", *args])
+
+    added = run("schedule", "add", "report", "--type", "reports.daily", "--params", '{"to": "ops"}',
+                "--cron", "0 7 * * 1-5", "--tz", "Europe/Paris", "--misfire", "run_once")
+    assert added.exit_code == 0, added.output
+    assert run("schedule", "add", "tick", "--type", "t", "--every", "30").exit_code == 0
+    listed = json.loads(run("schedule", "list").output)
+    assert [(s["name"], s["cron"], s["interval_s"]) for s in listed] == [
+        ("report", "0 7 * * 1-5", None), ("tick", None, 30.0)]
+    assert run("schedule", "rm", "tick").exit_code == 0
+    assert [s["name"] for s in json.loads(run("schedule", "list").output)] == ["report"]
+    bad = run("schedule", "add", "x", "--type", "t", "--cron", "0 7 * *")
+    assert isinstance(bad.exception, InvalidSchedule) and bad.exception.field == "cron"
+    assert run("schedule", "add", "x", "--type", "t", "--cron", "0 7 * * *", "--every", "5").exit_code == 2
+    assert isinstance(run("schedule", "rm", "nope").exception, ScheduleNotFound)
+
+
+# -- node watch ----------------------------------------------------------------------------
+def test_the_node_watch_marks_silent_nodes_lost_and_recovers_their_expired_tasks(tasks: TaskService) -> None:
+    settings = Settings(heartbeat_s=1.0, lease_s=5.0)
+    clock = now()
+    silent = NodeInfo("silent", "h", 1, ("default",), 1, clock - 60, clock - 3.5)
+    fresh = NodeInfo("fresh", "h", 2, ("default",), 1, clock - 60, clock - 0.5)
+    for node in (silent, fresh):
+        tasks.store.upsert_node(node)
+    task, _ = tasks.submit(SubmitRequest(type="demo.add", params={}))
+    tasks.store.update(task, TaskStatus.RUNNING, node="silent", attempts=1, started_at=clock - 4,
+                       lease_until=clock - 1)
+    result = watch_nodes(tasks.store, tasks.broker, settings, clock)
+    assert result == WatchResult(lost=["silent"], recovered=1)
+    assert {n.id: n.status for n in tasks.store.nodes()} == {"silent": "lost", "fresh": "live"}
+    recovered = tasks.store.get(task.id)
+    assert (recovered.status, recovered.crashes) == (TaskStatus.QUEUED, 1)
+    assert "lease of node silent expired" in (tasks.store.events(task.id)[-1].detail or "")

@@ -16,8 +16,8 @@ from conveyor import message
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.message import Message
 from conveyor.model import Task, TaskStatus, now
-from conveyor.store.sqlite import SqliteStore
 from conveyor.recovery import recover_expired, take_over
+from conveyor.store.sqlite import SqliteStore
 from conveyor.worker.claim import Drop, Later, Run, claim
 
 LEASE_S = 10.0

@@ -37,13 +37,13 @@ from conveyor.errors import (
     UnknownTask,
 )
 from conveyor.model import TaskStatus
-from conveyor.service import MAX_KEY_LENGTH, MAX_TYPE_LENGTH, SubmitRequest
+from conveyor.service import MAX_KEY_LENGTH, MAX_TYPE_LENGTH, QUEUE_NAME, SubmitRequest
 
 MAX_BATCH = 1000
 MAX_DELAY_S = 100 * 366 * 86400.0  # a century: keeps eta inside datetime's range
 MAX_TIMEOUT_S = 366 * 86400.0  # a year: larger values overflow thread waits
 MAX_ETA = datetime(9000, 1, 1, tzinfo=UTC)
-QUEUE_PATTERN = r"^[A-Za-z0-9_.:\-]{1,200}$"  # safe as a RabbitMQ queue name suffix
+QUEUE_PATTERN = QUEUE_NAME.pattern  # TaskService's rule; a leading "_" is reserved
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -75,11 +75,19 @@ T = TypeVar("T")
 OPERATION_TIMEOUT_S = 15.0  # declare, consume, peek, close
 
 
+# RabbitMQ caps x-expires at 2^32-1 ms (~49.7 days). A longer delay waits in hops of at most
+# this: the message reaches its queue early, the worker's claim sees the task is not due yet
+# (scheduled or retrying with a later eta) and hands it back with the remaining delay.
+MAX_DELAY_S = 7 * 24 * 3600.0
+
+
 def quantize_delay_ms(delay_s: float) -> int:
     """The delay queue TTL for ``delay_s``: 0 for none, else rounded up to 100 ms steps below
-    1 s and to whole seconds from 1 s (never early, at most one step late)."""
+    1 s and to whole seconds from 1 s (never early, at most one step late), capped at one hop
+    of ``MAX_DELAY_S``."""
     if delay_s <= 0:
         return 0
+    delay_s = min(delay_s, MAX_DELAY_S)
     ms = delay_s * 1000.0 - 1e-6  # float noise must not push 0.3 s up to 400 ms
     step = 100 if ms < 1000 else 1000
     return max(step, math.ceil(ms / step) * step)

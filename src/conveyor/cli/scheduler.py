@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 @click.option("--misfire-grace", "grace_s", type=click.FloatRange(0), envvar="CONVEYOR_MISFIRE_GRACE_S",
               show_envvar=True, help="Fires later than this are misfires [default: 2 * lease + 1].")
 @click.option("--id", "holder", envvar="CONVEYOR_SCHEDULER_ID", show_envvar=True,
-              help="Replica id in the lease row (default host-pid-rand).")
+              help="Replica id in the lease row; unique per replica (default host-pid-rand).")
 @click.pass_obj
 def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, lease_s: float, renew_s: float,
               grace_s: float | None, holder: str | None) -> None:
@@ -64,7 +64,7 @@ def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, le
     _on_signals(stop)
     server = None
     try:
-        server = None if no_http else _start_http(settings, bind)
+        server = None if no_http else _start_http(settings, bind, tasks)
         service.run(stop)
     finally:
         if server is not None:
@@ -120,7 +120,7 @@ class _HttpServer:
         self.thread.join(timeout=10)
 
 
-def _start_http(settings: Settings, bind: str) -> _HttpServer | None:
+def _start_http(settings: Settings, bind: str, tasks: TaskService) -> _HttpServer | None:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit():
         raise click.BadParameter("use HOST:PORT", param_hint="--http")
@@ -131,7 +131,8 @@ def _start_http(settings: Settings, bind: str) -> _HttpServer | None:
         return None
     import uvicorn
 
-    config = uvicorn.Config(create_app(settings=settings), host=host.strip("[]") or "127.0.0.1",
+    # The API shares the loop's TaskService (thread-safe): one set of connections, the app's task defaults.
+    config = uvicorn.Config(create_app(settings=settings, service=tasks), host=host.strip("[]") or "127.0.0.1",
                             port=int(port), log_config=None, access_log=False)
     server = _HttpServer(uvicorn.Server(config))
     server.start()

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from conveyor.broker.base import Broker
 from conveyor.config import Settings
 from conveyor.model import TaskFilter, TaskStatus
+from conveyor.recovery import recover_expired
 from conveyor.store.base import Store
 
 log = logging.getLogger(__name__)
 
 SILENT_HEARTBEATS = 3  # heartbeats missed before a node counts as lost
+RECENTLY_LOST_S = 3600.0  # older lost nodes are left to the periodic sweep
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ def mark_lost_nodes(store: Store, settings: Settings, at: float) -> list[str]:
 def lost_node_tasks_expired(store: Store, at: float) -> bool:
     """Whether any node marked lost still owns a running task whose lease has run out."""
     for node in store.nodes():
-        if node.status != "lost":
+        if node.status != "lost" or at - node.last_heartbeat > RECENTLY_LOST_S:
             continue
         page = store.query(TaskFilter(status=TaskStatus.RUNNING, node=node.id), limit=100)
         if any(t.lease_until is not None and t.lease_until < at for t in page.tasks):
@@ -56,8 +58,6 @@ def lost_node_tasks_expired(store: Store, at: float) -> bool:
 def watch_nodes(store: Store, broker: Broker, settings: Settings, at: float) -> WatchResult:
     """One pass of the node watch at time ``at``."""
     lost = mark_lost_nodes(store, settings, at)
-    from conveyor.recovery import recover_expired  # lazily: recovery <-> worker import each other
-
     recovered = 0
     if lost_node_tasks_expired(store, at):
         recovered = recover_expired(store, broker, lease_s=0.0, max_crashes=settings.max_crashes)
@@ -66,6 +66,4 @@ def watch_nodes(store: Store, broker: Broker, settings: Settings, at: float) -> 
 
 def sweep_expired(store: Store, broker: Broker, settings: Settings) -> int:
     """The periodic sweep: tasks whose lease expired more than one lease ago, whoever owned them."""
-    from conveyor.recovery import recover_expired
-
     return recover_expired(store, broker, lease_s=settings.lease_s, max_crashes=settings.max_crashes)

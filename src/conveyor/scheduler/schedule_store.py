@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     next_fire_at {real}, last_fired_at {real}, created_at {real} NOT NULL, updated_at {real} NOT NULL,
     version INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_at) WHERE enabled = 1;
 CREATE TABLE IF NOT EXISTS scheduler_leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at {real} NOT NULL
 )
@@ -68,6 +69,7 @@ class ScheduleChanged(StoreError):
 
 class ScheduleStore(Protocol):
     def all(self) -> list[Schedule]: ...
+    def due(self, at: float) -> list[Schedule]: ...
     def get(self, name: str) -> Schedule: ...
     def create(self, schedule: Schedule) -> Schedule: ...
     def update(self, schedule: Schedule) -> Schedule: ...
@@ -113,6 +115,13 @@ class _SqlScheduleStore:
 
     def all(self) -> list[Schedule]:
         rows, _ = self._run(f"SELECT {_COLS} FROM schedules ORDER BY name")
+        return [_from_row(r) for r in rows]
+
+    def due(self, at: float) -> list[Schedule]:
+        """Enabled schedules whose next fire time is ``at`` or earlier."""
+        rows, _ = self._run(self._sql(
+            f"SELECT {_COLS} FROM schedules WHERE enabled = 1 AND next_fire_at <= ? ORDER BY next_fire_at"
+        ), (at,))
         return [_from_row(r) for r in rows]
 
     def get(self, name: str) -> Schedule:

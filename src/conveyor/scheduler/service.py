@@ -19,7 +19,7 @@ task store: a tick is submitted at most once, whoever races for it.
 
 Firing
 ------
-``tick(at)`` reads every schedule, plans its due fires with ``schedules.due_fires`` (pure:
+``tick(at)`` reads the due schedules, plans their fires with ``schedules.due_fires`` (pure:
 stored ``next_fire_at`` + ``at`` -> fire times, new ``next_fire_at``), submits one task per fire
 through ``TaskService.submit``, then advances ``next_fire_at`` by compare-and-set on the
 schedule's version. A crash between the submit and that write makes the next tick submit the
@@ -91,7 +91,7 @@ class SchedulerService:
     def tick(self, at: float) -> list[Fired]:
         """Submit every fire due at ``at`` and advance the schedules. Idempotent per fire time."""
         fired: list[Fired] = []
-        for schedule in self.schedules.all():
+        for schedule in self.schedules.due(at):
             plan = due_fires(schedule, at, self.misfire_grace_s)
             if plan is None:
                 continue

@@ -24,13 +24,16 @@ from psycopg.rows import RowMaker, TupleRow
 from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
-from conveyor.errors import ConcurrentUpdate, StoreError, TaskNotFound
+from conveyor.batching import Combiner
+from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, TaskNotFound
 from conveyor.message import dumps
 from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition, now
 from conveyor.store.migrate import apply_pending
 
 __all__ = ["PostgresStore", "UpdateItem"]
 
+# (statement, parameters) of one task write, as group-committed by ``_write_batch``.
+_Write = tuple[str, list[Any]]
 # (task as last read, to_status, node, detail, changes): one entry of ``update_many``.
 UpdateItem = tuple[Task, TaskStatus | None, str | None, str | None, dict[str, Any]]
 
@@ -150,6 +153,7 @@ class PostgresStore:
             name="conveyor-store",
             open=True,
         )
+        self._writes: Combiner[_Write, Task | None] = Combiner(self._write_batch)
         try:
             with _driver_errors("connect"):
                 self._pool.wait(timeout=connect_timeout_s)
@@ -166,12 +170,36 @@ class PostgresStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _write_batch(self, writes: Sequence[_Write]) -> list[Task | BaseException | None]:
+        """Group commit: the writes of concurrent callers in one transaction and one pipelined
+        round trip. If the batch fails as a whole (one bad write, a deadlock), each write is
+        retried alone so one caller's failure is not everyone's."""
+        with self._pool.connection() as conn:
+            if len(writes) == 1:
+                return [self._write_one(conn, writes[0])]
+            try:
+                with conn.pipeline(), conn.transaction():
+                    cursors = [conn.cursor(row_factory=_task_rows).execute(q, p) for q, p in writes]
+                return [cur.fetchone() for cur in cursors]
+            except psycopg.Error:
+                return [self._write_one(conn, w) for w in writes]
+
+    @staticmethod
+    def _write_one(conn: psycopg.Connection[Any], write: _Write) -> Task | BaseException | None:
+        try:
+            return conn.cursor(row_factory=_task_rows).execute(*write).fetchone()
+        except psycopg.Error as exc:
+            return StoreError(f"postgres store: write failed: {exc}")
+        except ConveyorError as exc:  # e.g. SerializationError from the JSON dumper
+            return exc
+
     def create(self, task: Task, *, detail: str | None = None) -> tuple[Task, bool]:
         params = [*_task_values(task), now(), detail]
+        with _driver_errors("create"):
+            created = self._writes.call((_INSERT_SQL, params))
+        if created is not None:
+            return created, True
         with _driver_errors("create"), self._pool.connection() as conn:
-            created = conn.cursor(row_factory=_task_rows).execute(_INSERT_SQL, params).fetchone()
-            if created is not None:
-                return created, True
             # Only an idempotency key conflict inserts nothing without raising.
             existing = (
                 conn.cursor(row_factory=_task_rows)
@@ -202,10 +230,11 @@ class PostgresStore:
         """Compare-and-set on ``task.version``. ``node`` (when given) becomes the task's node and
         is recorded on the event; ``None`` leaves the task's node as it is."""
         query, params = _plan_update(task, to_status, node, detail, changes)
+        with _driver_errors("update"):
+            written = self._writes.call((query, params))
+        if written is not None:
+            return written
         with _driver_errors("update"), self._pool.connection() as conn:
-            written = conn.cursor(row_factory=_task_rows).execute(query, params).fetchone()
-            if written is not None:
-                return written
             exists = conn.execute("SELECT 1 FROM tasks WHERE id = %s", (task.id,)).fetchone()
         if exists is None:
             raise TaskNotFound(task.id)

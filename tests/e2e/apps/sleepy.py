@@ -9,6 +9,7 @@ from conveyor import Conveyor
 app = Conveyor()
 
 
+@app.periodic(cron="0 12 1 1 *", timezone="Europe/Paris", name="sleepy.new-year-nap", params={"seconds": 0})
 @app.task("sleepy.nap", max_attempts=3)
 def nap(seconds: float) -> str:
     time.sleep(seconds)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from conveyor.api.handlers import ServiceDep, SettingsDep
 from conveyor.api.schemas import JsonResponse, NodesOut, QueuesOut
-from conveyor.model import NodeInfo, TaskFilter, TaskStatus, now
+from conveyor.model import NodeInfo, TaskStatus, now
 from conveyor.service import TaskService
 
 router = APIRouter(tags=["cluster"])
@@ -36,21 +36,8 @@ def node_rows(service: TaskService, heartbeat_s: float, include_stopped: bool = 
     return rows
 
 
-def queue_counts(service: TaskService, since: float) -> dict[str, dict[str, int]]:
-    """queue -> {status: count, ..., "finished_since": n}, from ``Store.queue_stats`` when the
-    store has it; otherwise the queues that nodes serve or recent tasks name, counted one by one
-    (and no finish rate)."""
-    queue_stats = getattr(service.store, "queue_stats", None)
-    if queue_stats is not None:
-        stats: dict[str, dict[str, int]] = queue_stats(since)
-        return stats
-    names = {q for node in service.nodes() for q in node.queues} | {"default"}
-    names |= {t.queue for t in service.query(TaskFilter(), limit=1000).tasks}  # recent tasks' queues
-    return {name: {**service.counts(name), "finished_since": 0} for name in sorted(names)}
-
-
 def queue_rows(service: TaskService) -> list[dict[str, Any]]:
-    stats = queue_counts(service, now() - RATE_WINDOW_S)
+    stats = service.store.queue_stats(now() - RATE_WINDOW_S)
     for node in service.nodes():  # queues served but still empty are worth showing
         if node.status == "live":
             for name in node.queues:

@@ -4,6 +4,7 @@ and server versions, and the per-case PostgreSQL schemas and AMQP queues cleaned
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -70,8 +71,8 @@ def drop_schema(schema: str) -> None:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def delete_queues(names: list[str]) -> None:
-    """Delete AMQP queues (missing ones are fine)."""
+def delete_queues(names: list[str], exchanges: tuple[str, ...] = ()) -> None:
+    """Delete AMQP queues and exchanges (missing ones are fine)."""
     import aio_pika
 
     async def go() -> None:
@@ -79,10 +80,12 @@ def delete_queues(names: list[str]) -> None:
         async with connection:
             for name in names:
                 channel = await connection.channel()
-                try:
+                with contextlib.suppress(Exception):  # a missing queue closes the channel: fine
                     await channel.queue_delete(name)
-                except Exception:  # a missing queue closes the channel; nothing to do
-                    pass
+            for name in exchanges:
+                channel = await connection.channel()
+                with contextlib.suppress(Exception):
+                    await channel.exchange_delete(name)
 
     asyncio.run(go())
 

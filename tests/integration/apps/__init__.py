@@ -1,0 +1,1 @@
+"""Task modules the integration tests run in real worker processes."""
