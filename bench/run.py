@@ -38,6 +38,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated scenarios: {','.join(SCENARIOS)}")
     parser.add_argument("--quick", action="store_true", help="N=2000, 1 repeat, 3 s latency runs")
     parser.add_argument("--latency-s", type=float, help="seconds per latency run (default 5; --quick 3)")
+    parser.add_argument("--max-submit-s", type=float, default=30.0,
+                        help="a client stops submitting after this many seconds (default 30)")
+    parser.add_argument("--memory-s", type=float, default=120.0,
+                        help="time budget of each memory run's task chunks (default 120)")
     parser.add_argument("--out", type=Path, help="results path without suffix (default bench/results/<date>)")
     args = parser.parse_args()
     args.tasks = args.tasks or (2000 if args.quick else 20000)
@@ -61,8 +65,8 @@ def check_services() -> None:
         sys.exit(f"not reachable: {', '.join(down)}; `make services` starts RabbitMQ and PostgreSQL")
 
 
-def execute(case: Case, tag: str, tmp: Path, procs: Procs) -> Metrics:
-    scope = Scope(tag, tmp / tag, procs)
+def execute(case: Case, tag: str, tmp: Path, procs: Procs, max_s: float) -> Metrics:
+    scope = Scope(tag, tmp / tag, procs, max_s=max_s)
     try:
         case.system.prepare(scope)
         return case.run(scope)
@@ -84,7 +88,7 @@ def summary(metrics: Metrics) -> str:
                      if isinstance(v, int | float))
 
 
-def run_all(cases: list[Case], repeats: int, tmp: Path, procs: Procs) -> dict[str, list[Metrics]]:
+def run_all(cases: list[Case], repeats: int, tmp: Path, procs: Procs, max_s: float) -> dict[str, list[Metrics]]:
     """Repeat 1 of every case, then repeat 2, ...; a ``once`` case runs in repeat 1 only."""
     run_id = secrets.token_hex(3)
     raw: dict[str, list[Metrics]] = {c.id: [] for c in cases}
@@ -96,7 +100,7 @@ def run_all(cases: list[Case], repeats: int, tmp: Path, procs: Procs) -> dict[st
             seq += 1
             t0 = time.monotonic()
             infra.log(f"[{_clock(started)}] repeat {r + 1}/{repeats} {case.id} (N={case.n:,}) ...")
-            metrics = execute(case, f"bench_{run_id}_{seq:03d}", tmp, procs)
+            metrics = execute(case, f"bench_{run_id}_{seq:03d}", tmp, procs, max_s)
             raw[case.id].append(metrics)
             infra.log(f"    {summary(metrics)} ({time.monotonic() - t0:.1f} s)")
     return raw
@@ -113,7 +117,8 @@ def write_results(out: Path, args: argparse.Namespace, machine: dict[str, object
     data = {"date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
             "duration_s": round((dt.datetime.now() - started).total_seconds(), 1),
             "args": {"tasks": args.tasks, "repeats": args.repeats, "only": args.only,
-                     "quick": args.quick, "latency_s": args.latency_s},
+                     "quick": args.quick, "latency_s": args.latency_s,
+                     "max_submit_s": args.max_submit_s, "memory_s": args.memory_s},
             "machine": machine, "cases": report.payload(cases, raw), "table": table}
     json_path = out.with_suffix(".json")
     json_path.write_text(json.dumps(data, indent=1) + "\n")
@@ -142,12 +147,12 @@ def main() -> None:
     infra.ensure_peers_venv()
     started = dt.datetime.now()
     machine = infra.machine_info()
-    cases = build(args.tasks, args.latency_s, args.only_set)
+    cases = build(args.tasks, args.latency_s, args.memory_s, args.only_set)
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     procs = Procs(tmp)
     infra.log(f"{len(cases)} configurations x {args.repeats} repeat(s), N={args.tasks:,}; logs in {tmp}")
     try:
-        raw = run_all(cases, args.repeats, tmp, procs)
+        raw = run_all(cases, args.repeats, tmp, procs, args.max_submit_s)
     finally:
         procs.stop_all()
     table = report.table(cases, raw)

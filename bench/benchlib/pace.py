@@ -37,11 +37,15 @@ def paced(submit: Callable[[int, float], None], *, rate: float, count: int, thre
     return {"elapsed_s": elapsed, "n": count, "target_rate": rate, "achieved_rate": count / elapsed}
 
 
-def timed(action: Callable[[], None], n: int) -> dict[str, float]:
+def timed(step: Callable[[int], int], n: int, max_s: float) -> dict[str, float]:
+    """Call ``step(i)`` (it submits from index i and returns how many it sent) until ``n`` are
+    sent or ``max_s`` seconds pass; the time cap keeps a slow system from stretching the run."""
     start = time.perf_counter()
-    action()
+    done = 0
+    while done < n and time.perf_counter() - start < max_s:
+        done += step(done)
     elapsed = time.perf_counter() - start
-    return {"elapsed_s": elapsed, "n": n, "rate": n / elapsed}
+    return {"elapsed_s": elapsed, "n": done, "rate": done / elapsed, "capped": float(done < n)}
 
 
 def emit(result: dict[str, float]) -> None:

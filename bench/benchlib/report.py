@@ -51,13 +51,19 @@ def notes(case: Case, runs: list[Metrics], med: Metrics) -> str:
     return "; ".join(out)
 
 
+def n_cell(case: Case, med: Metrics) -> str:
+    """Tasks measured: the planned N, or fewer where a time cap stopped the client."""
+    done = med.get("n", med.get("samples", case.n))
+    return f"{done:,.0f}" if done >= case.n else f"{done:,.0f} of {case.n:,} (time cap)"
+
+
 def table(cases: list[Case], raw: dict[str, list[Metrics]]) -> str:
     med = {c.id: medians(raw.get(c.id, [])) for c in cases}
     head = ["Scenario", "System / config", "N", "Median", *(f"Conveyor ÷ {col}" for col in COLUMNS), "Notes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in cases:
         for row in case.rows:
-            cells = [case.scenario, row.label, f"{case.n:,}", fmt(row, med[case.id])]
+            cells = [case.scenario, row.label, n_cell(case, med[case.id]), fmt(row, med[case.id])]
             for col in COLUMNS:
                 compares = [c for c in case.compare if c.column == col]
                 cells.append(ratio_cell(row, med[case.id], compares, med) if compares else "")

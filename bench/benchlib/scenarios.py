@@ -77,17 +77,17 @@ def submit(system: System, n: int, many: bool = False) -> Callable[[Scope], Metr
     def go(scope: Scope) -> Metrics:
         result = system.submit_many(scope, n) if many and isinstance(system, ConveyorAmqp) \
             else system.submit(scope, n)
-        return {"rate": result["rate"]}
+        return {"rate": result["rate"], "n": result["n"]}
 
     return go
 
 
 def drain(system: System, n: int) -> Callable[[Scope], Metrics]:
     def go(scope: Scope) -> Metrics:
-        system.fill(scope, n)
+        filled = int(system.fill(scope, n)["n"])
         workers = system.start_workers(scope)
-        wait_records(scope, n + 1, workers)  # +1: the client's warm-up task
-        return {"rate": drain_rate(scope)}
+        wait_records(scope, filled + 1, workers)  # +1: the client's warm-up task
+        return {"rate": drain_rate(scope), "n": filled}
 
     return go
 
@@ -116,19 +116,26 @@ def latency(system: System, rate: float, duration_s: float) -> Callable[[Scope],
     return go
 
 
-def memory(system: System, n: int) -> Callable[[Scope], Metrics]:
+def memory(system: System, n: int, chunk: int, budget_s: float) -> Callable[[Scope], Metrics]:
+    """Idle RSS, then chunks of tasks (each queued and drained) until ``n`` ran or
+    ``budget_s`` passed; RSS after every chunk shows a leak as a trend."""
     def go(scope: Scope) -> Metrics:
         workers = system.start_workers(scope)
-        before = warm_up(system, scope, workers)
+        expected = warm_up(system, scope, workers)
         time.sleep(1.0)
         idle = memory_mb([w.pid for w in workers])
-        system.fill(scope, n)
-        wait_records(scope, before + n + 1, workers)
-        time.sleep(1.0)
+        out: Metrics = {"idle_rss_mib": idle["rss_mib"], "idle_pss_mib": idle["pss_mib"],
+                        "processes": idle["processes"]}
+        done, deadline = 0, time.monotonic() + budget_s
+        while done < n and time.monotonic() < deadline:
+            filled = int(system.fill(scope, min(chunk, n - done), max(5.0, deadline - time.monotonic()))["n"])
+            done, expected = done + filled, expected + filled + 1
+            wait_records(scope, expected, workers)
+            time.sleep(0.5)
+            out[f"rss_mib_after_{done}"] = memory_mb([w.pid for w in workers])["rss_mib"]
         after = memory_mb([w.pid for w in workers])
-        return {"idle_rss_mib": idle["rss_mib"], "idle_pss_mib": idle["pss_mib"],
-                "after_rss_mib": after["rss_mib"], "after_pss_mib": after["pss_mib"],
-                "processes": idle["processes"]}
+        out.update(after_rss_mib=after["rss_mib"], after_pss_mib=after["pss_mib"], n=done)
+        return out
 
     return go
 
@@ -137,8 +144,8 @@ def embedded(system: System, n: int) -> Callable[[Scope], Metrics]:
     def go(scope: Scope) -> Metrics:
         submitted = system.submit(scope, n)
         workers = system.start_workers(scope)
-        wait_records(scope, n + 1, workers)
-        return {"submit_rate": submitted["rate"], "drain_rate": drain_rate(scope)}
+        wait_records(scope, int(submitted["n"]) + 1, workers)
+        return {"submit_rate": submitted["rate"], "drain_rate": drain_rate(scope), "n": submitted["n"]}
 
     return go
 
@@ -151,15 +158,15 @@ def ceiling(publisher: str, ack_every: int, n: int) -> Callable[[Scope], Metrics
             return scope.procs.run([infra.PEERS_PYTHON, "-m", "peers.ceiling", *args, "--queue", scope.queue],
                                    env, f"ceiling-{args[0]}", 120 + n / 100)
 
-        published = client(publisher, "--n", str(n))
-        consumed = client("consume-pika", "--n", str(n), "--ack-every", str(ack_every))
-        return {"publish_rate": published["rate"], "consume_rate": consumed["rate"]}
+        published = client(publisher, "--n", str(n), "--max-s", str(scope.max_s))
+        consumed = client("consume-pika", "--n", str(int(published["n"])), "--ack-every", str(ack_every))
+        return {"publish_rate": published["rate"], "consume_rate": consumed["rate"], "n": published["n"]}
 
     return go
 
 
-def build(n: int, latency_s: float, only: set[str] | None) -> list[Case]:
-    cases = [*submit_cases(n), *drain_cases(n), *latency_cases(latency_s), *memory_cases(5 * n),
+def build(n: int, latency_s: float, memory_s: float, only: set[str] | None) -> list[Case]:
+    cases = [*submit_cases(n), *drain_cases(n), *latency_cases(latency_s), *memory_cases(5 * n, n, memory_s),
              *embedded_cases(n), *ceiling_cases(n)]
     return [c for c in cases if only is None or c.scenario in only]
 
@@ -227,15 +234,15 @@ def latency_cases(duration_s: float) -> list[Case]:
     return out
 
 
-def memory_cases(n: int) -> list[Case]:
+def memory_cases(n: int, chunk: int, budget_s: float) -> list[Case]:
     keys = (("idle_rss_mib",), ("after_rss_mib",))
     out = []
     for sid, system, label in (("conveyor", ConveyorAmqp(1), "Conveyor worker x1, --concurrency 8"),
                                ("celery", Celery(1), "Celery prefork -c 1 (parent + 1 child)"),
                                ("dramatiq", Dramatiq(1), "Dramatiq --processes 1 --threads 8 (parent + 1)")):
-        rows = [Row(f"{label}: idle RSS", keys[0], "MiB"), Row(f"{label}: RSS after {n:,} tasks", keys[1], "MiB")]
+        rows = [Row(f"{label}: idle RSS", keys[0], "MiB"), Row(f"{label}: RSS after N tasks", keys[1], "MiB")]
         compare = [Compare("Celery", "memory/celery"), Compare("Dramatiq", "memory/dramatiq")]
-        out.append(Case(f"memory/{sid}", "memory", system, n, memory(system, n), rows,
+        out.append(Case(f"memory/{sid}", "memory", system, n, memory(system, n, chunk, budget_s), rows,
                         compare if sid == "conveyor" else [], once=True))
     return out
 

@@ -24,6 +24,7 @@ class Scope:
     tag: str
     root: Path
     procs: Procs
+    max_s: float = 30.0  # a client stops submitting after this long (see pace.timed)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -49,13 +50,14 @@ class System:
     def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
         raise NotImplementedError
 
-    def submit(self, scope: Scope, n: int) -> dict[str, float]:
-        """N durable submits, one at a time (the submit scenario)."""
-        return self.client(scope, ["submit", "--n", str(n)], "submit", n)
+    def submit(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+        """N durable submits, one at a time (the submit scenario); ``n`` in the result is how
+        many went out before the time cap."""
+        return self.client(scope, ["submit", "--n", str(n), "--max-s", str(max_s or scope.max_s)], "submit", n)
 
-    def fill(self, scope: Scope, n: int) -> dict[str, float]:
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
         """Queue N tasks as fast as this system allows (drain and memory set-up; not a result)."""
-        return self.submit(scope, n)
+        return self.submit(scope, n, max_s)
 
     def paced(self, scope: Scope, n: int, rate: float) -> dict[str, float]:
         return self.client(scope, ["paced", "--n", str(n), "--rate", str(rate)], f"paced{rate:.0f}", n)
@@ -92,11 +94,12 @@ class ConveyorAmqp(System):
         return scope.procs.run([sys.executable, "-m", "conveyor_bench.client", *args], scope.env(),
                                f"conveyor-{name}", client_timeout(n))
 
-    def submit_many(self, scope: Scope, n: int) -> dict[str, float]:
-        return self.client(scope, ["submit-many", "--n", str(n)], "submit-many", n)
+    def submit_many(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+        return self.client(scope, ["submit-many", "--n", str(n), "--max-s", str(max_s or scope.max_s)],
+                           "submit-many", n)
 
-    def fill(self, scope: Scope, n: int) -> dict[str, float]:
-        return self.submit_many(scope, n)
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+        return self.submit_many(scope, n, max_s)
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
@@ -120,8 +123,8 @@ class ConveyorSqlite(ConveyorAmqp):
         System.prepare(self, scope)
         scope.extra_env.update(self.urls(scope), CONVEYOR_GRACE_S="3", CONVEYOR_LOG_LEVEL="WARNING")
 
-    def fill(self, scope: Scope, n: int) -> dict[str, float]:
-        return self.submit(scope, n)
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+        return self.submit(scope, n, max_s)
 
     def cleanup(self, scope: Scope) -> None:
         pass
@@ -132,11 +135,11 @@ class Peer(System):
         return scope.procs.run([infra.PEERS_PYTHON, "-m", "peers.client", self.family, *args], scope.env(),
                                f"{self.family}-{name}", client_timeout(n))
 
-    def fill(self, scope: Scope, n: int) -> dict[str, float]:
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
         saved = scope.extra_env.get("BENCH_CONFIRM")
         scope.extra_env["BENCH_CONFIRM"] = "0"  # filling is set-up, not a measured result
         try:
-            return self.submit(scope, n)
+            return self.submit(scope, n, max_s)
         finally:
             scope.extra_env.pop("BENCH_CONFIRM")
             if saved is not None:
@@ -212,8 +215,8 @@ class Huey(Peer):
         super().prepare(scope)
         scope.extra_env["BENCH_HUEY_DB"] = str(scope.root / "huey.db")
 
-    def fill(self, scope: Scope, n: int) -> dict[str, float]:
-        return self.submit(scope, n)
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+        return self.submit(scope, n, max_s)
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(

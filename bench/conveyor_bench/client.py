@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--max-s", type=float, default=30.0, help="stop submitting after this long")
     args = parser.parse_args()
     queue = os.environ.get("BENCH_QUEUE", "bench")
     app = Conveyor()
@@ -34,14 +35,18 @@ def main() -> None:
         service.submit(SubmitRequest(type=TYPE, params={"i": i, "sent": sent}, queue=queue))
 
     one(-1)  # connect and declare outside the timing; the record of it is discarded
-    if args.mode == "submit":
-        result = timed(lambda: [one(i) for i in range(args.n)], args.n)
-    elif args.mode == "submit-many":
-        def batches() -> None:
-            for low in range(0, args.n, args.batch):
-                service.submit_many([SubmitRequest(type=TYPE, params={"i": i, "sent": 0.0}, queue=queue)
-                                     for i in range(low, min(args.n, low + args.batch))])
-        result = timed(batches, args.n)
+    def single(i: int) -> int:
+        one(i)
+        return 1
+
+    def batch(low: int) -> int:
+        high = min(args.n, low + args.batch)
+        service.submit_many([SubmitRequest(type=TYPE, params={"i": i, "sent": 0.0}, queue=queue)
+                             for i in range(low, high)])
+        return high - low
+
+    if args.mode in ("submit", "submit-many"):
+        result = timed(single if args.mode == "submit" else batch, args.n, args.max_s)
     else:
         result = paced(one, rate=args.rate, count=args.n, threads=args.threads)
     app.close()

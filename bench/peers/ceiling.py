@@ -15,13 +15,13 @@ import time
 
 import aio_pika
 import pika
-from benchlib.pace import emit
+from benchlib.pace import emit, timed
 
 URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 BODY = b'{"id":"00000000-0000-0000-0000-000000000000","type":"bench.noop","params":{"i":0,"sent":0.0}}'
 
 
-async def publish_aiopika(n: int, queue: str, in_flight: int) -> dict[str, float]:
+async def publish_aiopika(n: int, queue: str, in_flight: int, max_s: float) -> dict[str, float]:
     connection = await aio_pika.connect(URL)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -37,14 +37,16 @@ async def publish_aiopika(n: int, queue: str, in_flight: int) -> dict[str, float
 
         start = time.perf_counter()
         pending = set()
-        for _ in range(n):
+        sent = 0
+        while sent < n and time.perf_counter() - start < max_s:
+            sent += 1
             await gate.acquire()
             task = asyncio.ensure_future(one())
             pending.add(task)
             task.add_done_callback(pending.discard)
         await asyncio.gather(*list(pending))
         elapsed = time.perf_counter() - start
-    return {"elapsed_s": elapsed, "n": n, "rate": n / elapsed}
+    return {"elapsed_s": elapsed, "n": sent, "rate": sent / elapsed, "capped": float(sent < n)}
 
 
 def blocking_channel(queue: str) -> tuple[pika.BlockingConnection, object]:
@@ -54,16 +56,20 @@ def blocking_channel(queue: str) -> tuple[pika.BlockingConnection, object]:
     return connection, channel
 
 
-def publish_pika(n: int, queue: str) -> dict[str, float]:
+def publish_pika(n: int, queue: str, max_s: float) -> dict[str, float]:
     connection, channel = blocking_channel(queue)
     channel.confirm_delivery()
     props = pika.BasicProperties(delivery_mode=2)
-    start = time.perf_counter()
-    for _ in range(n):
-        channel.basic_publish("", queue, BODY, props)
-    elapsed = time.perf_counter() - start
+
+    def step(low: int) -> int:
+        high = min(n, low + 100)
+        for _ in range(low, high):
+            channel.basic_publish("", queue, BODY, props)
+        return high - low
+
+    result = timed(step, n, max_s)
     connection.close()
-    return {"elapsed_s": elapsed, "n": n, "rate": n / elapsed}
+    return result
 
 
 def consume_pika(n: int, queue: str, ack_every: int, prefetch: int) -> dict[str, float]:
@@ -96,11 +102,12 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--ack-every", type=int, default=1)
     parser.add_argument("--prefetch", type=int, default=100)
+    parser.add_argument("--max-s", type=float, default=30.0, help="stop publishing after this long")
     args = parser.parse_args()
     if args.mode == "publish-aiopika":
-        emit(asyncio.run(publish_aiopika(args.n, args.queue, args.in_flight)))
+        emit(asyncio.run(publish_aiopika(args.n, args.queue, args.in_flight, args.max_s)))
     elif args.mode == "publish-pika":
-        emit(publish_pika(args.n, args.queue))
+        emit(publish_pika(args.n, args.queue, args.max_s))
     else:
         emit(consume_pika(args.n, args.queue, args.ack_every, args.prefetch))
 

@@ -35,15 +35,18 @@ def main() -> None:
     parser.add_argument("mode", choices=["submit", "paced"])
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--max-s", type=float, default=30.0, help="stop submitting after this long")
     args = parser.parse_args()
     send = sender(args.system)
     send(-1, 0.0)  # connect and declare outside the timing
     if args.mode == "submit":
-        def loop() -> None:
-            for i in range(args.n):
+        def step(low: int) -> int:
+            high = min(args.n, low + 100)  # check the clock every 100 sends
+            for i in range(low, high):
                 send(i, 0.0)
-        result = timed(loop, args.n)
+            return high - low
+        result = timed(step, args.n, args.max_s)
     else:
         result = paced(send, rate=args.rate, count=args.n, threads=args.threads)
     emit(result)

@@ -3,6 +3,7 @@ HTTP API all go through it, so validation and the store-then-publish order live 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -12,7 +13,7 @@ from typing import Any
 
 from conveyor import message
 from conveyor.broker.base import Broker
-from conveyor.errors import ConcurrentUpdate, InvalidTransition, SerializationError
+from conveyor.errors import ConcurrentUpdate, ConveyorError, InvalidTransition, SerializationError
 from conveyor.message import Message
 from conveyor.model import (
     NodeInfo,
@@ -62,7 +63,7 @@ class TaskService:
         task = self.build_task(request)
         stored, created = self.store.create(task, detail="submitted")
         if created:
-            self._publish(stored)
+            self._publish_or_fail([stored])
         return stored, created
 
     def build_task(self, request: SubmitRequest) -> Task:
@@ -103,10 +104,28 @@ class TaskService:
         )
 
     def _publish(self, task: Task) -> None:
-        body = message.encode(Message.for_task(task))
-        delay_s = max(0.0, task.eta - now()) if task.eta else 0.0
-        self.broker.declare_queue(task.queue)
-        self.broker.publish(body, queue=task.queue, priority=task.priority, delay_s=delay_s)
+        self._publish_many([task])
+
+    def _publish_many(self, tasks: Sequence[Task]) -> None:
+        at = now()
+        for queue in {t.queue for t in tasks}:
+            self.broker.declare_queue(queue)
+        items = [(message.encode(Message.for_task(t)), t.queue, t.priority,
+                  max(0.0, t.eta - at) if t.eta else 0.0, None) for t in tasks]
+        self.broker.publish_many(items)
+
+    def _publish_or_fail(self, tasks: Sequence[Task]) -> None:
+        """Publish stored tasks; if the broker refuses, fail them (type ``publish_failed``) so none
+        sits queued forever with no message, then raise. ``retry`` sends such a task again."""
+        try:
+            self._publish_many(tasks)
+        except ConveyorError as exc:
+            error = {"type": "publish_failed", "message": str(exc), "traceback": None}
+            for task in tasks:
+                with contextlib.suppress(ConveyorError):
+                    self.store.update(task, TaskStatus.FAILED, error=error, finished_at=now(),
+                                      detail="broker refused the message")
+            raise
 
     # -- control ------------------------------------------------------------------------
     def cancel(self, task_id: uuid.UUID) -> Task:
@@ -157,7 +176,11 @@ class TaskService:
         return self.store.count_by_status(queue)
 
     def submit_many(self, requests: Sequence[SubmitRequest]) -> list[tuple[Task, bool]]:
-        return [self.submit(r) for r in requests]
+        """Validate all, store all in one transaction, publish the new ones pipelined."""
+        tasks = [self.build_task(r) for r in requests]
+        results = self.store.create_many(tasks, detail="submitted")
+        self._publish_or_fail([task for task, created in results if created])
+        return results
 
 
 def _validate_type(task_type: object) -> None:

@@ -228,7 +228,7 @@ class Cluster:
                                         app.registry)
         return self._service
 
-    def submit(self, requests: Sequence[SubmitRequest], *, threads: int = 4) -> list[Task]:
+    def submit(self, requests: Sequence[SubmitRequest], *, threads: int = 8) -> list[Task]:
         """Submit through TaskService from ``threads`` client threads; returns the tasks in order."""
         service = self.service
         results: list[Task | None] = [None] * len(requests)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class RecordingBroker:
     def publish(self, body: bytes, *, queue: str, priority: int = 0, delay_s: float = 0.0,
                 headers: Mapping[str, str] | None = None) -> None:
         self.published.append(body)
+
+    def publish_many(self, items: Iterable[tuple[bytes, str, int, float, Mapping[str, str] | None]]) -> None:
+        self.published.extend(body for body, *_ in items)
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> Consumer:
         raise NotImplementedError

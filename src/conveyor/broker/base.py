@@ -9,7 +9,7 @@ bytes, since a worker must be able to dead-letter a body it cannot parse.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 
@@ -62,6 +62,11 @@ class Broker(Protocol):
     def publish(self, body: bytes, *, queue: str, priority: int = 0, delay_s: float = 0.0,
                 headers: Mapping[str, str] | None = None) -> None:
         """Durably enqueue ``body``; returns only once the broker has accepted it (confirms)."""
+        ...
+
+    def publish_many(self, items: Iterable[tuple[bytes, str, int, float, Mapping[str, str] | None]]) -> None:
+        """Publish (body, queue, priority, delay_s, headers) items together: one transaction or
+        one pipelined wait for all confirms. Returns once every one is accepted."""
         ...
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> Consumer:

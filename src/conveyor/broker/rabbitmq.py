@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError, MessageProcessError
 
+from conveyor.batching import Combiner
 from conveyor.broker._amqp_loop import (
     CONNECT_TIMEOUT_S,
     CONNECTION_ERRORS,
@@ -81,6 +82,10 @@ OPERATION_TIMEOUT_S = 15.0  # declare, consume, peek, close
 MAX_DELAY_S = 7 * 24 * 3600.0
 
 
+# (body, queue, priority, delay_s, headers): one message of publish_many.
+_Item = tuple[bytes, str, int, float, Mapping[str, str] | None]
+
+
 def quantize_delay_ms(delay_s: float) -> int:
     """The delay queue TTL for ``delay_s``: 0 for none, else rounded up to 100 ms steps below
     1 s and to whole seconds from 1 s (never early, at most one step late), capped at one hop
@@ -104,6 +109,7 @@ class RabbitmqBroker:
         self.queue_type = resolved_type
         self._session = AmqpSession(amqp_url, namespace, resolved_type)
         self._consumers: set[_RabbitmqConsumer] = set()
+        self._publishes: Combiner[_Item, None] = Combiner(self._publish_batch)
         self._lock = threading.Lock()
         self._closed = False
         self._thread = EventLoopThread(name=f"conveyor-amqp-{namespace}")
@@ -130,11 +136,15 @@ class RabbitmqBroker:
 
     def publish(self, body: bytes, *, queue: str, priority: int = 0, delay_s: float = 0.0,
                 headers: Mapping[str, str] | None = None) -> None:
-        self.publish_many([(body, queue, priority, delay_s, headers)])
+        # Concurrent publishers share one hop to the loop thread and one pipelined wait for
+        # their confirms (group commit); a lone publisher pays one round trip as before.
+        self._publishes.call((body, queue, priority, delay_s, headers))
 
-    def publish_many(
-        self, items: Iterable[tuple[bytes, str, int, float, Mapping[str, str] | None]],
-    ) -> None:
+    def _publish_batch(self, items: Sequence[_Item]) -> list[None]:
+        self.publish_many(items)
+        return [None] * len(items)
+
+    def publish_many(self, items: Iterable[_Item]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items pipelined: all are sent,
         then all confirms awaited together. Returns once RabbitMQ confirmed every one."""
         outgoing = [

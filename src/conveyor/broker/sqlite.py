@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -123,14 +123,21 @@ class SqliteBroker:
 
     def publish(self, body: bytes, *, queue: str, priority: int = 0, delay_s: float = 0.0,
                 headers: Mapping[str, str] | None = None) -> None:
-        if not 0 <= priority <= 9:
-            raise ValueError(f"priority must be 0-9, not {priority}")
-        encoded = orjson.dumps(dict(headers)).decode() if headers else None
-        with self._locked() as conn:
-            conn.execute(
-                "INSERT INTO broker_messages (queue, priority, available_at, body, headers)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (queue, priority, time.time() + max(delay_s, 0.0), bytes(body), encoded),
+        self.publish_many([(body, queue, priority, delay_s, headers)])
+
+    def publish_many(self, items: Iterable[tuple[bytes, str, int, float, Mapping[str, str] | None]]) -> None:
+        """Publish (body, queue, priority, delay_s, headers) items in one transaction."""
+        at = time.time()
+        rows = []
+        for body, queue, priority, delay_s, headers in items:
+            if not 0 <= priority <= 9:
+                raise ValueError(f"priority must be 0-9, not {priority}")
+            encoded = orjson.dumps(dict(headers)).decode() if headers else None
+            rows.append((queue, priority, at + max(delay_s, 0.0), bytes(body), encoded))
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO broker_messages (queue, priority, available_at, body, headers) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> _SqliteConsumer:

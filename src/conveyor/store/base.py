@@ -20,6 +20,10 @@ class Store(Protocol):
         ``idempotency_key``, insert nothing and return ``(that task, False)``."""
         ...
 
+    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None) -> list[tuple[Task, bool]]:
+        """``create`` for a batch, in one transaction; results in the order of ``tasks``."""
+        ...
+
     def get(self, task_id: uuid.UUID) -> Task:
         """The task, or raise ``TaskNotFound``."""
         ...
@@ -37,6 +41,13 @@ class Store(Protocol):
         has ``task.version``; raise ``ConcurrentUpdate`` otherwise and ``InvalidTransition`` if
         the lifecycle forbids the move. ``to_status=None`` changes fields only (no event).
         Returns the task as written (version + 1)."""
+        ...
+
+    def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
+        """The worker's fast path, one round trip: if the task is ``queued``, or ``scheduled`` /
+        ``retrying`` with its eta reached by ``at``, move it to ``running`` on ``node`` (attempts
+        + 1, ``started_at=at``, the lease, event "attempt N") and return it. Otherwise change
+        nothing and return None; the caller then reads the task and decides."""
         ...
 
     def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> None:

@@ -33,7 +33,7 @@ from conveyor.store.migrate import apply_pending
 __all__ = ["PostgresStore", "UpdateItem"]
 
 # (statement, parameters) of one task write, as group-committed by ``_write_batch``.
-_Write = tuple[str, list[Any]]
+_Write = tuple[str, Any]
 # (task as last read, to_status, node, detail, changes): one entry of ``update_many``.
 UpdateItem = tuple[Task, TaskStatus | None, str | None, str | None, dict[str, Any]]
 
@@ -57,6 +57,27 @@ WITH t AS (
     SELECT id, NULL, status, %s::float8, NULL, %s::text FROM t
 )
 SELECT {_COLS} FROM t
+"""
+
+
+# The worker's fast path: queued (or due scheduled/retrying) -> running, with its event, in one
+# statement. `old` locks the row so the event records the status it really came from.
+_START_SQL = f"""
+WITH old AS (
+    SELECT id, status FROM tasks WHERE id = %(id)s AND (status = 'queued'
+        OR (status IN ('scheduled', 'retrying') AND (eta IS NULL OR eta <= %(at)s)))
+    FOR UPDATE
+), u AS (
+    UPDATE tasks t SET status = 'running', node = %(node)s, attempts = t.attempts + 1, started_at = %(at)s,
+        lease_until = %(lease)s, finished_at = NULL, queued_at = coalesce(t.queued_at, %(at)s),
+        version = t.version + 1
+    FROM old WHERE t.id = old.id
+    RETURNING {", ".join("t." + c for c in _FIELDS)}, old.status AS from_status
+), e AS (
+    INSERT INTO task_events ({_EVENT_COLS})
+    SELECT id, from_status, 'running', %(at)s, %(node)s, 'attempt ' || attempts FROM u
+)
+SELECT {_COLS} FROM u
 """
 
 
@@ -197,10 +218,23 @@ class PostgresStore:
         params = [*_task_values(task), now(), detail]
         with _driver_errors("create"):
             created = self._writes.call((_INSERT_SQL, params))
-        if created is not None:
-            return created, True
+        # Only an idempotency key conflict inserts nothing without raising.
+        return (created, True) if created is not None else (self._by_key(task), False)
+
+    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None) -> list[tuple[Task, bool]]:
+        """One transaction, one pipelined round trip (plus one per idempotency-key conflict)."""
+        at = now()
+        with _driver_errors("create_many"):
+            written = self._write_batch([(_INSERT_SQL, [*_task_values(t), at, detail]) for t in tasks])
+        results: list[tuple[Task, bool]] = []
+        for task, row in zip(tasks, written, strict=True):
+            if isinstance(row, BaseException):
+                raise row
+            results.append((row, True) if row is not None else (self._by_key(task), False))
+        return results
+
+    def _by_key(self, task: Task) -> Task:
         with _driver_errors("create"), self._pool.connection() as conn:
-            # Only an idempotency key conflict inserts nothing without raising.
             existing = (
                 conn.cursor(row_factory=_task_rows)
                 .execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = %s", (task.idempotency_key,))
@@ -208,7 +242,7 @@ class PostgresStore:
             )
         if existing is None:
             raise StoreError(f"task {task.id}: insert skipped but no task holds its idempotency key")
-        return existing, False
+        return existing
 
     def get(self, task_id: uuid.UUID) -> Task:
         with _driver_errors("get"), self._pool.connection() as conn:
@@ -239,6 +273,11 @@ class PostgresStore:
         if exists is None:
             raise TaskNotFound(task.id)
         raise ConcurrentUpdate(task.id)
+
+    def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
+        params: dict[str, Any] = {"id": task_id, "at": at, "node": node, "lease": lease_until}
+        with _driver_errors("start_attempt"):
+            return self._writes.call((_START_SQL, params))
 
     def update_many(self, items: Sequence[UpdateItem]) -> list[Task | None]:
         """Apply a batch of ``update`` calls in one transaction and (pipelined) one round trip.

@@ -123,6 +123,12 @@ def _row_to_task(row: Sequence[Any]) -> Task:
     return Task(**data)
 
 
+def _startable(task: Task, at: float) -> bool:
+    if task.status is TaskStatus.QUEUED:
+        return True
+    return task.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and (task.eta is None or task.eta <= at)
+
+
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
     node_id, host, pid, queues, concurrency, started, beat, status, in_flight, done = row
     return NodeInfo(
@@ -168,14 +174,23 @@ class SqliteStore:
             conn.execute("COMMIT")
 
     def create(self, task: Task, *, detail: str | None = None) -> tuple[Task, bool]:
-        values = [_encode(c, getattr(task, c)) for c in _COLUMNS]
+        return self.create_many([task], detail=detail)[0]
+
+    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None) -> list[tuple[Task, bool]]:
+        results: list[tuple[Task, bool]] = []
         with self._transaction() as conn:
-            if conn.execute(_INSERT, values).rowcount == 0:
-                row = conn.execute(f"{_SELECT} WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
-                if row is None:  # pragma: no cover - only the key conflict is ignored
-                    raise StoreError(f"task {task.id} was not inserted")
-                return _row_to_task(row), False
-            self._insert_event(conn, task.id, None, task.status, None, detail)
+            for task in tasks:
+                results.append(self._insert(conn, task, detail))
+        return results
+
+    def _insert(self, conn: sqlite3.Connection, task: Task, detail: str | None) -> tuple[Task, bool]:
+        values = [_encode(c, getattr(task, c)) for c in _COLUMNS]
+        if conn.execute(_INSERT, values).rowcount == 0:
+            row = conn.execute(f"{_SELECT} WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+            if row is None:  # pragma: no cover - only the key conflict is ignored
+                raise StoreError(f"task {task.id} was not inserted")
+            return _row_to_task(row), False
+        self._insert_event(conn, task.id, None, task.status, None, detail)
         return task, True
 
     def get(self, task_id: uuid.UUID) -> Task:
@@ -216,6 +231,25 @@ class SqliteStore:
                 raise ConcurrentUpdate(task.id) if exists else TaskNotFound(task.id)
             if to_status is not None:
                 self._insert_event(conn, task.id, task.status, to_status, node, detail)
+        return new
+
+    def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
+        with self._transaction() as conn:
+            row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task_id),)).fetchone()
+            if row is None:
+                return None
+            task = _row_to_task(row)
+            if not _startable(task, at):
+                return None
+            new = task.replace(status=TaskStatus.RUNNING, version=task.version + 1, node=node,
+                               attempts=task.attempts + 1, started_at=at, lease_until=lease_until,
+                               finished_at=None, queued_at=task.queued_at or at)
+            conn.execute(
+                "UPDATE tasks SET status = 'running', version = ?, node = ?, attempts = ?, started_at = ?,"
+                " lease_until = ?, finished_at = NULL, queued_at = ? WHERE id = ?",
+                (new.version, node, new.attempts, at, lease_until, new.queued_at, str(task_id)),
+            )
+            self._insert_event(conn, task_id, task.status, TaskStatus.RUNNING, node, f"attempt {new.attempts}")
         return new
 
     @staticmethod

@@ -47,6 +47,10 @@ Outcome = Run | Drop | Later
 
 def claim(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes: int) -> Outcome:
     """Decide what to do with a delivered message; retries lost compare-and-sets."""
+    at = now()
+    started = store.start_attempt(msg.id, node, at=at, lease_until=at + lease_s)
+    if started is not None:  # the common case, in one round trip
+        return Run(started)
     task = _load_or_adopt(store, msg)
     for _ in range(10):
         try:

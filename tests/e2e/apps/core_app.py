@@ -22,15 +22,13 @@ EXEC_LOG_ENV = "CONVEYOR_TEST_EXEC_LOG"
 app = Conveyor()
 
 
-def record(task_type: str, task_id: str | None = None, attempt: int = 0, node: str = "-") -> None:
+def record(task_type: str) -> None:
     """Append ``task_id type attempt node pid time`` to the execution log (if one is set)."""
     path = os.environ.get(EXEC_LOG_ENV)
     if not path:
         return
-    if task_id is None:  # the task context says who we are (thread, async and process pools)
-        ctx = current_task()
-        task_id, attempt, node = str(ctx.id), ctx.attempt, ctx.node
-    line = f"{task_id}\t{task_type}\t{attempt}\t{node}\t{os.getpid()}\t{time.time():.6f}\n"
+    ctx = current_task()  # set in thread, async and process pools alike
+    line = f"{ctx.id}\t{task_type}\t{ctx.attempt}\t{ctx.node}\t{os.getpid()}\t{time.time():.6f}\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
