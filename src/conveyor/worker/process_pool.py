@@ -11,6 +11,8 @@ import inspect
 import logging
 import multiprocessing
 import queue
+import threading
+import time
 import traceback
 import uuid
 from multiprocessing.connection import Connection
@@ -22,6 +24,8 @@ import orjson
 from conveyor.errors import TaskError, TaskTimeout
 
 log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 0.1  # how soon a cancel reaches a running handler process
 
 
 class HandlerError(TaskError):
@@ -60,18 +64,18 @@ class ProcessPool:
         self._idle.put(child)
 
     def run(self, task_type: str, params: dict[str, Any], timeout: float | None,
-            context: dict[str, Any] | None = None) -> Any:
-        """Run in a free child; ``context`` (id, attempt, max_attempts, node) backs current_task()."""
+            context: dict[str, Any] | None = None, cancel: threading.Event | None = None) -> Any:
+        """Run in a free child; ``context`` (id, attempt, max_attempts, node) backs current_task().
+        The child is killed when ``timeout`` passes (TaskTimeout) or ``cancel`` is set."""
         child = self._idle.get()
         try:
             child.conn.send_bytes(orjson.dumps({"type": task_type, "params": params, "context": context},
                                                default=str))
-            if not child.conn.poll(timeout):
-                raise TaskTimeout(timeout or 0)
+            _wait_for_reply(child.conn, timeout, cancel)
             reply = orjson.loads(child.conn.recv_bytes())
-        except (TaskTimeout, EOFError, OSError) as exc:
+        except (TaskTimeout, TaskCancelled, EOFError, OSError) as exc:
             self._replace(child)
-            if isinstance(exc, TaskTimeout):
+            if isinstance(exc, TaskTimeout | TaskCancelled):
                 raise
             raise HandlerError({"type": "crashed", "message": f"handler process died: {exc!r}"}) from exc
         self._idle.put(child)
@@ -88,6 +92,22 @@ class ProcessPool:
         for child in list(self._all):
             child.kill()
         self._all.clear()
+
+
+class TaskCancelled(TaskError):
+    """The task was cancelled while it ran; its process was killed."""
+
+
+def _wait_for_reply(conn: Connection, timeout: float | None, cancel: threading.Event | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = CANCEL_POLL_S if deadline is None else min(CANCEL_POLL_S, max(0.0, deadline - time.monotonic()))
+        if conn.poll(step):
+            return
+        if cancel is not None and cancel.is_set():
+            raise TaskCancelled("cancelled while running: handler process killed")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TaskTimeout(timeout or 0)
 
 
 def _child_main(app_ref: str, conn: Connection) -> None:

@@ -257,7 +257,7 @@ class Worker:
         if self.process_pool is not None:
             context = {"id": str(task.id), "attempt": task.attempts, "max_attempts": task.max_attempts,
                        "node": self.node_id}
-            return self.process_pool.run(task.type, task.params, timeout, context)
+            return self.process_pool.run(task.type, task.params, timeout, context, flight.cancelled)
         token = set_current(TaskContext(id=task.id, type=task.type, attempt=task.attempts,
                                         max_attempts=task.max_attempts, node=self.node_id,
                                         cancel_requested=flight.cancelled))
