@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,6 @@ from benchlib import infra, report
 from benchlib.procs import Procs
 from benchlib.scenarios import SCENARIOS, Case, Metrics, build
 from benchlib.systems import Scope, remove_tree
-
-SERVICES = {"RabbitMQ": 5672, "PostgreSQL": 5432, "Redis": 6379}
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,19 +52,16 @@ def parse_args() -> argparse.Namespace:
 
 
 def check_services() -> None:
-    down = []
-    for name, port in SERVICES.items():
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        except OSError:
-            down.append(f"{name} (127.0.0.1:{port})")
-    if down:
-        sys.exit(f"not reachable: {', '.join(down)}; `make services` starts RabbitMQ and PostgreSQL")
+    try:
+        infra.wait_for_services(timeout_s=5.0)
+    except RuntimeError as exc:
+        sys.exit(f"{exc}; `make services` starts RabbitMQ and PostgreSQL (Redis: redis-server --daemonize yes)")
 
 
 def execute(case: Case, tag: str, tmp: Path, procs: Procs, max_s: float) -> Metrics:
     scope = Scope(tag, tmp / tag, procs, max_s=max_s)
     try:
+        infra.wait_for_services()
         case.system.prepare(scope)
         return case.run(scope)
     except Exception as exc:  # one failed case must not lose the others' results

@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_DB = 9  # Celery's results go to this Redis database; its keys are deleted after each case
 REDIS = f"redis://127.0.0.1:6379/{REDIS_DB}"
+SERVICES = {"RabbitMQ": 5672, "PostgreSQL": 5432, "Redis": 6379}
 
 
 def log(text: str) -> None:
@@ -50,6 +53,21 @@ def base_env(record_dir: Path, queue: str) -> dict[str, str]:
     env.update(PYTHONPATH=str(BENCH), BENCH_RECORD_DIR=str(record_dir), BENCH_QUEUE=queue,
                PYTHONUNBUFFERED="1")
     return env
+
+
+def wait_for_services(timeout_s: float = 90.0) -> None:
+    """Block until RabbitMQ, PostgreSQL and Redis accept connections (another user of this
+    machine may be restarting one); raise after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    for name, port in SERVICES.items():
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} on 127.0.0.1:{port} is not reachable") from exc
+                time.sleep(1.0)
 
 
 def pg_url(schema: str) -> str:

@@ -15,6 +15,7 @@ def paced(submit: Callable[[int, float], None], *, rate: float, count: int, thre
     falls behind goes out at once; ``achieved_rate`` says whether the schedule was kept."""
     start = time.monotonic() + 0.05
     errors: list[BaseException] = []
+    calls: list[float] = []  # how long each submit call took: the part of latency spent in the client
 
     def lane(k: int) -> None:
         try:
@@ -22,7 +23,9 @@ def paced(submit: Callable[[int, float], None], *, rate: float, count: int, thre
                 delay = start + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                submit(i, time.time())
+                sent = time.time()
+                submit(i, sent)
+                calls.append(time.time() - sent)
         except BaseException as exc:
             errors.append(exc)
 
@@ -34,7 +37,9 @@ def paced(submit: Callable[[int, float], None], *, rate: float, count: int, thre
     if errors:
         raise errors[0]
     elapsed = time.monotonic() - start
-    return {"elapsed_s": elapsed, "n": count, "target_rate": rate, "achieved_rate": count / elapsed}
+    calls.sort()
+    return {"elapsed_s": elapsed, "n": count, "target_rate": rate, "achieved_rate": count / elapsed,
+            "submit_call_p50_ms": calls[len(calls) // 2] * 1000, "submit_call_p99_ms": calls[len(calls) * 99 // 100] * 1000}
 
 
 def timed(step: Callable[[int], int], n: int, max_s: float) -> dict[str, float]:

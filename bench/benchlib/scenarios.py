@@ -111,7 +111,8 @@ def latency(system: System, rate: float, duration_s: float) -> Callable[[Scope],
         waits = sorted((start - s) * 1000 for start, s in record.read(scope.record_dir) if s >= since)
         cuts = statistics.quantiles(waits, n=100, method="inclusive")
         return {"p50_ms": cuts[49], "p95_ms": cuts[94], "p99_ms": cuts[98],
-                "achieved_rate": sent["achieved_rate"], "target_rate": rate, "samples": len(waits)}
+                "achieved_rate": sent["achieved_rate"], "target_rate": rate, "samples": len(waits),
+                "submit_call_p50_ms": sent["submit_call_p50_ms"], "submit_call_p99_ms": sent["submit_call_p99_ms"]}
 
     return go
 

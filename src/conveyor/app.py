@@ -64,7 +64,9 @@ class Conveyor:
 
     def _open_broker(self) -> Broker:
         arg = self._broker_arg
-        return open_broker(arg or self.settings.broker_url) if arg is None or isinstance(arg, str) else arg
+        if arg is None or isinstance(arg, str):
+            return open_broker(arg or self.settings.broker_url, lease_s=self.settings.lease_s)
+        return arg
 
     def use_settings(self, settings: Settings) -> None:
         """Adopt settings resolved by an entry point (CLI flags win over the module's URLs)."""

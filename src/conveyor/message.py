@@ -55,10 +55,19 @@ class Message:
         )
 
 
+# orjson would quietly turn datetimes, dataclasses and str subclasses into JSON; a value that is
+# not plain JSON must be refused instead, so the handler gets exactly what was submitted.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def dumps(value: Any) -> bytes:
     """JSON-encode, or raise SerializationError naming what is not JSON."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(value, default=_refuse, option=_STRICT)
     except TypeError as exc:
         raise SerializationError(f"not JSON-serializable: {exc}") from exc
 

@@ -199,8 +199,6 @@ def test_a_task_of_a_killed_worker_is_completed_by_another_after_the_lease(
     assert [e.node for e in read_executions(exec_log)] == ["doomed", "rescuer"]
 
 
-@pytest.mark.xfail(reason="BUG: SqliteBroker keeps its 30 s default lease (CONVEYOR_LEASE_S is never "
-                          "passed to it), so deliveries a dead worker had prefetched wait 30 s", strict=True)
 def test_tasks_prefetched_by_a_killed_worker_run_again_within_about_the_lease(
         core: ModuleType, workers: Workers, exec_log: Path, db_url: str) -> None:
     doomed = workers.start(node_id="doomed", concurrency=1)  # holds 1 running + 2 prefetched
@@ -405,8 +403,6 @@ def test_non_json_params_are_refused_at_submit_and_nothing_is_stored(core: Modul
     assert core.app.service.query(TaskFilter()).tasks == []
 
 
-@pytest.mark.xfail(reason="BUG: message.dumps uses orjson, which turns a datetime into an ISO string "
-                          "instead of refusing it, so the handler gets a str", strict=True)
 def test_a_datetime_param_is_refused_at_submit(core: ModuleType) -> None:
     with pytest.raises(SerializationError):
         core.send_email.delay(to="ada@example.com", subject=datetime.datetime.now(datetime.UTC))

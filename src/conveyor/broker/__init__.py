@@ -8,11 +8,13 @@ from conveyor.errors import ConfigError
 __all__ = ["Broker", "Consumer", "Delivery", "open_broker"]
 
 
-def open_broker(url: str) -> Broker:
+def open_broker(url: str, *, lease_s: float = 30.0) -> Broker:
+    """``lease_s`` is the embedded broker's visibility lease (RabbitMQ holds deliveries by
+    connection and has none)."""
     if url.startswith("sqlite:"):
         from conveyor.broker.sqlite import SqliteBroker
 
-        return SqliteBroker(url)
+        return SqliteBroker(url, lease_s=lease_s)
     if url.startswith(("amqp:", "amqps:")):
         from conveyor.broker.rabbitmq import RabbitmqBroker
 

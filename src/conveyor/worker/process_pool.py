@@ -26,6 +26,7 @@ from conveyor.errors import TaskError, TaskTimeout
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.1  # how soon a cancel reaches a running handler process
+START_TIMEOUT_S = 60.0
 
 
 class HandlerError(TaskError):
@@ -43,6 +44,10 @@ class _Child:
         self.process: BaseProcess = ctx.Process(target=_child_main, args=(app_ref, child_conn), daemon=True)
         self.process.start()
         child_conn.close()
+        # Wait until it has imported the app, so a task's timeout never pays for the start-up.
+        if not self.conn.poll(START_TIMEOUT_S) or orjson.loads(self.conn.recv_bytes()) != {"ready": True}:
+            self.kill()
+            raise TaskError(f"handler process for {app_ref} did not start within {START_TIMEOUT_S:g} s")
 
     def kill(self) -> None:
         self.process.kill()
@@ -117,6 +122,7 @@ def _child_main(app_ref: str, conn: Connection) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     app = load_app(app_ref)
+    conn.send_bytes(b'{"ready":true}')
     while True:
         try:
             request = orjson.loads(conn.recv_bytes())
