@@ -39,7 +39,8 @@ def paced(submit: Callable[[int, float], None], *, rate: float, count: int, thre
     elapsed = time.monotonic() - start
     calls.sort()
     return {"elapsed_s": elapsed, "n": count, "target_rate": rate, "achieved_rate": count / elapsed,
-            "submit_call_p50_ms": calls[len(calls) // 2] * 1000, "submit_call_p99_ms": calls[len(calls) * 99 // 100] * 1000}
+            "submit_call_p50_ms": calls[len(calls) // 2] * 1000,
+            "submit_call_p99_ms": calls[len(calls) * 99 // 100] * 1000}
 
 
 def timed(step: Callable[[int], int], n: int, max_s: float) -> dict[str, float]:

@@ -8,6 +8,8 @@ from typing import Any
 from benchlib.scenarios import Case, Compare, Metrics, Row
 
 COLUMNS = ("Celery", "Dramatiq", "Huey", "ceiling")
+# Ratios above 1 favour Conveyor for rates, below 1 for latency and memory.
+SCENARIO_CELLS = {"latency": "latency (lower is better)", "memory": "memory (lower is better)"}
 
 
 def medians(runs: list[Metrics]) -> Metrics:
@@ -46,6 +48,8 @@ def notes(case: Case, runs: list[Metrics], med: Metrics) -> str:
         out.append(f"failed {len(failed)}/{len(runs)}: {str(failed[-1])[:120]}")
     if "achieved_rate" in med and med["achieved_rate"] < 0.95 * med.get("target_rate", 0):
         out.append(f"client kept up only {med['achieved_rate']:,.0f}/s")
+    if "submit_call_p50_ms" in med:
+        out.append(f"of which the submit call: p50 {med['submit_call_p50_ms']:.2f} ms")
     if case.once:
         out.append("1 run")
     return "; ".join(out)
@@ -63,7 +67,8 @@ def table(cases: list[Case], raw: dict[str, list[Metrics]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for case in cases:
         for row in case.rows:
-            cells = [case.scenario, row.label, n_cell(case, med[case.id]), fmt(row, med[case.id])]
+            mine = med[case.id]
+            cells = [SCENARIO_CELLS.get(case.scenario, case.scenario), row.label, n_cell(case, mine), fmt(row, mine)]
             for col in COLUMNS:
                 compares = [c for c in case.compare if c.column == col]
                 cells.append(ratio_cell(row, med[case.id], compares, med) if compares else "")

@@ -231,3 +231,36 @@ def test_a_status_query_is_served_by_the_status_index(store: PostgresStore, post
 def test_an_unreachable_server_is_a_store_error() -> None:
     with pytest.raises(StoreError):
         PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_s=0.5)
+
+
+def test_concurrent_status_writes_share_transactions(postgres_schema_url: str) -> None:
+    """Group commit: writes from many worker threads go in batches, not one round trip each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conveyor.model import Task, TaskFilter, TaskStatus
+    from conveyor.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_schema_url)
+    batches: list[int] = []
+    write_batch = store._write_batch
+
+    def counting(writes):  # type: ignore[no-untyped-def]
+        batches.append(len(writes))
+        return write_batch(writes)
+
+    store._writes._flush = counting
+    try:
+        def lifecycle(i: int) -> TaskStatus:
+            task, _ = store.create(Task(type="t", params={"i": i}))
+            running = store.update(task, TaskStatus.RUNNING, node="n")
+            return store.update(running, TaskStatus.SUCCEEDED, result=i).status
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lifecycle, range(200)))
+        assert statuses == [TaskStatus.SUCCEEDED] * 200
+        assert sum(batches) == 600
+        assert len(batches) < 600 * 0.75, f"{len(batches)} transactions for 600 writes"
+        events = store.events(store.query(TaskFilter(), limit=1).tasks[0].id)
+        assert [e.to_status for e in events] == [TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED]
+    finally:
+        store.close()
