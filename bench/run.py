@@ -69,6 +69,7 @@ def execute(case: Case, tag: str, tmp: Path, procs: Procs, max_s: float) -> Metr
     finally:
         procs.stop_all()
         try:
+            infra.wait_for_services()  # a server restarted mid-case still gets its leftovers removed
             case.system.cleanup(scope)
         except Exception as exc:
             infra.log(f"  cleanup of {tag} failed: {exc!r}")
@@ -94,10 +95,23 @@ def run_all(cases: list[Case], repeats: int, tmp: Path, procs: Procs, max_s: flo
             seq += 1
             t0 = time.monotonic()
             infra.log(f"[{_clock(started)}] repeat {r + 1}/{repeats} {case.id} (N={case.n:,}) ...")
+            load = _load1()
             metrics = execute(case, f"bench_{run_id}_{seq:03d}", tmp, procs, max_s)
+            if "error" in metrics:  # e.g. a server restarted by another user of this machine
+                infra.log(f"    {metrics['error'][:300]}; trying once more")
+                seq += 1
+                first = metrics["error"]
+                metrics = execute(case, f"bench_{run_id}_{seq:03d}", tmp, procs, max_s)
+                metrics["first_error"] = first
+            metrics["load1_before"] = load
             raw[case.id].append(metrics)
             infra.log(f"    {summary(metrics)} ({time.monotonic() - t0:.1f} s)")
     return raw
+
+
+def _load1() -> float:
+    """The 1-minute load average: other work on this 2-core machine skews the numbers."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def _clock(since: float) -> str:

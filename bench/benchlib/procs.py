@@ -80,7 +80,7 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)  # the group this process leads (start_new_session=True)
 
 
-def tail(path: Path, lines: int = 8) -> str:
+def tail(path: Path, lines: int = 2) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:

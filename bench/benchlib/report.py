@@ -46,6 +46,9 @@ def notes(case: Case, runs: list[Metrics], med: Metrics) -> str:
     failed = [r["error"] for r in runs if "error" in r]
     if failed:
         out.append(f"failed {len(failed)}/{len(runs)}: {str(failed[-1])[:120]}")
+    retried = sum(1 for r in runs if "first_error" in r and "error" not in r)
+    if retried:
+        out.append(f"{retried} run(s) passed on a second try")
     if "achieved_rate" in med and med["achieved_rate"] < 0.95 * med.get("target_rate", 0):
         out.append(f"client kept up only {med['achieved_rate']:,.0f}/s")
     if "submit_call_p50_ms" in med:
@@ -73,7 +76,7 @@ def table(cases: list[Case], raw: dict[str, list[Metrics]]) -> str:
                 compares = [c for c in case.compare if c.column == col]
                 cells.append(ratio_cell(row, med[case.id], compares, med) if compares else "")
             cells.append(notes(case, raw.get(case.id, []), med[case.id]))
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from benchlib import infra, record
 from benchlib.procs import memory_mb
@@ -22,7 +23,7 @@ from benchlib.systems import (
     wait_records,
 )
 
-Metrics = dict[str, float]
+Metrics = dict[str, Any]
 
 PG_BACKEND_CAP = 5000  # Celery with the database result backend runs at ~200 tasks/s
 

@@ -49,13 +49,15 @@ def main() -> None:
         for y, v in enumerate(values):
             ax.text(v, y, f" {v:,.0f}" if v >= 100 else f" {v:.2f}", va="center", fontsize=7)
         ax.set_title(TITLES.get(scenario, scenario), fontsize=9, loc="left")
+        if scenario == "latency":
+            ax.set_xscale("log")  # a backlogged system is 1000x slower than an idle one
         ax.tick_params(labelsize=7)
         ax.margins(x=0.15)
     machine = data.get("machine", {})
     fig.suptitle(f"Conveyor benchmark {data['date']}: N={data['args']['tasks']:,}, {data['args']['repeats']} "
                  f"repeat(s), {machine.get('cores')} cores, RabbitMQ {machine.get('rabbitmq')}, "
                  f"PostgreSQL {machine.get('postgresql')}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(target, dpi=110)
 
 

@@ -102,10 +102,6 @@ def vhost_url(rabbitmq_url: str) -> Iterator[str]:
         rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield rabbitmq_url.rstrip("/") + "/" + quote(vhost, safe="")
     finally:
-        # start_app first: a test interrupted inside rabbitmq_restarted must not leave it down
-        with contextlib.suppress(subprocess.SubprocessError):
-            rabbitmqctl("start_app")
-            rabbitmqctl("await_startup", timeout_s=120)
         rabbitmqctl("delete_vhost", vhost)
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -49,7 +51,7 @@ def start_with_short_consumer_timeout(cluster: Cluster, node_id: str, handoff_s:
 def consumer_timeouts(vhost: str) -> list[str]:
     """Consumer timeouts the RabbitMQ server logged for channels of ``vhost``."""
     lines = Path(rabbitmqctl_diagnostics("log_location").strip()).read_text(errors="replace").splitlines()
-    return [f"{a}\n{b}" for a, b in zip(lines, lines[1:], strict=False)
+    return [f"{a}\n{b}" for a, b in pairwise(lines)
             if f"vhost: '{vhost}'" in a and "Channel error" in a and "acknowledgement" in b and "timed out" in b]
 
 
@@ -59,7 +61,8 @@ def channel_closures(worker: WorkerProcess) -> list[str]:
 
 def queue_messages(cluster: Cluster) -> dict[str, int]:
     """Messages (ready + unacked) per queue of the test's vhost."""
-    rows = json.loads(rabbitmqctl("list_queues", "-q", "-p", vhost_of(cluster), "--formatter", "json", "name", "messages"))
+    listing = rabbitmqctl("list_queues", "-q", "-p", vhost_of(cluster), "--formatter", "json", "name", "messages")
+    rows = json.loads(listing)
     return {row["name"]: int(row["messages"]) for row in rows}
 
 
@@ -73,10 +76,10 @@ def rabbitmqctl_diagnostics(*args: str) -> str:
     return done.stdout
 
 
-def submit_long(cluster: Cluster, seconds: float, rerun_seconds: float | None = None) -> str:
+def submit_long(cluster: Cluster, seconds: float, rerun_seconds: float | None = None) -> uuid.UUID:
     params = {"seconds": seconds} if rerun_seconds is None else {"seconds": seconds, "rerun_seconds": rerun_seconds}
     task, _ = cluster.service.submit(SubmitRequest(type="count.long", params=params))
-    return str(task.id)
+    return task.id
 
 
 def test_a_20_s_task_outlives_a_5_s_consumer_timeout_and_runs_exactly_once(

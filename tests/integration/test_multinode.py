@@ -1,5 +1,6 @@
 """Distributed mode end to end: three real worker processes on RabbitMQ + PostgreSQL share
-thousands of tasks fairly and lose none when a worker is SIGKILLed or RabbitMQ restarts.
+thousands of tasks fairly and lose none when a worker is SIGKILLed or RabbitMQ restarts; the
+same demo as the embedded mode runs there when given the URLs.
 
 Delivery is at least once, so duplicate executions are counted and reported (summary line on
 stdout, JSON under the test's tmp dir), not forbidden; they are bounded by what could have been
@@ -9,18 +10,32 @@ in flight on the nodes a fault hit.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from conveyor.model import Task, TaskStatus
 from conveyor.service import SubmitRequest
-from tests.integration.conftest import PREFETCH, Cluster, Execution, WorkerProcess, rabbitmq_restarted, run_counts
+from conveyor.store.postgres import PostgresStore
+from tests.integration.conftest import (
+    PREFETCH,
+    REPO_ROOT,
+    Cluster,
+    Execution,
+    WorkerProcess,
+    rabbitmq_restarted,
+    rabbitmqctl,
+    run_counts,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
@@ -154,7 +169,7 @@ def test_a_rabbitmq_restart_mid_run_loses_no_task(cluster: Cluster, tmp_path: Pa
     submitter = Submitter(cluster, requests(2000, sleep_s=0.01))
     submitter.start()
 
-    wait_for_executions(cluster, None, at_least=300)
+    wait_for_executions(cluster, None, at_least=150)
     with rabbitmq_restarted(down_s=2.0):
         submitting_in_outage = submitter.is_alive()
     back_at = time.time()
@@ -179,3 +194,22 @@ def wait_for_executions(cluster: Cluster, node: str | None, at_least: int, timeo
     while sum(1 for e in cluster.executions() if node is None or e.node == node) < at_least:
         assert time.monotonic() < deadline, f"{node or 'the nodes'} did not run {at_least} tasks in {timeout_s} s"
         time.sleep(0.05)
+
+
+def test_same_demo_by_url_runs_on_rabbitmq_and_postgresql(vhost_url: str, postgres_schema_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "conveyor", "--broker", vhost_url, "--store", postgres_schema_url, "demo"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "distributed mode" in done.stdout
+    with PostgresStore(postgres_schema_url) as store:  # the demo's tasks are in our schema...
+        counts = store.count_by_status()
+        nodes = {n.id for n in store.nodes()}
+    assert sum(counts.values()) == 60
+    assert counts.get("succeeded", 0) >= 50, counts
+    assert {"demo-node-1", "demo-node-2"} <= nodes
+    vhost = unquote(urlsplit(vhost_url).path.lstrip("/"))  # ...and went through our vhost
+    queues = rabbitmqctl("list_queues", "-q", "-p", vhost, "name")
+    assert "conveyor.default" in queues.split()
