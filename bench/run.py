@@ -138,7 +138,7 @@ def write_results(out: Path, args: argparse.Namespace, machine: dict[str, object
 
 
 def default_out(args: argparse.Namespace, today: dt.date) -> Path:
-    suffix = "-quick" if args.quick else ""
+    suffix = "-quick" if args.quick else ("" if args.tasks == 20000 else f"-n{args.tasks}")
     if args.only:
         suffix += "-" + "-".join(sorted(args.only_set))
     return infra.BENCH / "results" / f"{today.isoformat()}{suffix}"

@@ -37,12 +37,6 @@ def _get(consumer: Consumer, timeout_s: float = WAIT_S) -> Delivery:
     return delivery
 
 
-def _require_sqlite(broker: Broker) -> SqliteBroker:
-    if not isinstance(broker, SqliteBroker):
-        pytest.skip("the visibility lease is a SqliteBroker behaviour")
-    return broker
-
-
 def test_published_message_is_received_then_gone_once_acked(broker: Broker, queue: str) -> None:
     broker.publish(b"hello", queue=queue)
     consumer = broker.consume([queue], prefetch=1)
@@ -222,8 +216,16 @@ def test_closed_consumer_gives_back_what_it_did_not_hand_out(broker: Broker, que
 # -- SqliteBroker only ---------------------------------------------------------------------
 
 
-def test_sqlite_message_whose_lease_expires_is_redelivered(broker: Broker, queue: str) -> None:
-    lease_s = _require_sqlite(broker).lease_s
+@pytest.fixture
+def short_lease_broker(sqlite_url: str) -> Iterator[SqliteBroker]:
+    broker = SqliteBroker(sqlite_url, lease_s=0.4)
+    yield broker
+    broker.close()
+
+
+def test_sqlite_message_whose_lease_expires_is_redelivered(short_lease_broker: SqliteBroker) -> None:
+    broker, queue = short_lease_broker, "q"
+    lease_s = broker.lease_s
     broker.publish(b"orphan", queue=queue)
     dead_consumer = broker.consume([queue], prefetch=1)
     assert _get(dead_consumer).body == b"orphan"  # leased, then never acked nor renewed
@@ -234,13 +236,6 @@ def test_sqlite_message_whose_lease_expires_is_redelivered(broker: Broker, queue
     assert time.monotonic() - started >= lease_s * 0.8
     assert (delivery.body, delivery.redelivered) == (b"orphan", True)
     delivery.ack()
-
-
-@pytest.fixture
-def short_lease_broker(sqlite_url: str) -> Iterator[SqliteBroker]:
-    broker = SqliteBroker(sqlite_url, lease_s=0.4)
-    yield broker
-    broker.close()
 
 
 def test_sqlite_acking_a_lost_lease_is_a_harmless_no_op(short_lease_broker: SqliteBroker) -> None:
