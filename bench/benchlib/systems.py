@@ -108,8 +108,8 @@ class ConveyorAmqp(System):
             scope.env(), f"conveyor-worker{k}") for k in range(self.processes)]
 
     def cleanup(self, scope: Scope) -> None:
-        infra.delete_queues([f"conveyor.{scope.queue}"])
         infra.drop_schema(scope.tag)
+        infra.delete_queues([f"conveyor.{scope.queue}"])
 
 
 class ConveyorSqlite(ConveyorAmqp):
@@ -179,10 +179,10 @@ class Celery(Peer):
             scope.env(), "celery-worker")]
 
     def cleanup(self, scope: Scope) -> None:
-        infra.delete_queues([scope.queue], exchanges=(scope.queue,))  # Celery names one after the queue
         if self.backend == "postgresql":
             infra.drop_schema(scope.tag)
-        elif self.backend == "redis":
+        infra.delete_queues([scope.queue], exchanges=(scope.queue,))  # Celery names one after the queue
+        if self.backend == "redis":
             subprocess.run([infra.PEERS_PYTHON, "-m", "peers.admin", "redis-clean", str(infra.REDIS_DB)],
                            env=scope.env(), capture_output=True, timeout=120, check=False)
 

@@ -109,7 +109,7 @@ class RabbitmqBroker:
         self.queue_type = resolved_type
         self._session = AmqpSession(amqp_url, namespace, resolved_type)
         self._consumers: set[_RabbitmqConsumer] = set()
-        self._publishes: Combiner[_Item, None] = Combiner(self._publish_batch)
+        self._publishes: Combiner[list[Outgoing], None] = Combiner(self._publish_batch)
         self._lock = threading.Lock()
         self._closed = False
         self._thread = EventLoopThread(name=f"conveyor-amqp-{namespace}")
@@ -138,11 +138,12 @@ class RabbitmqBroker:
                 headers: Mapping[str, str] | None = None) -> None:
         # Concurrent publishers share one hop to the loop thread and one pipelined wait for
         # their confirms (group commit); a lone publisher pays one round trip as before.
-        self._publishes.call((body, queue, priority, delay_s, headers))
+        self.publish_many([(body, queue, priority, delay_s, headers)])
 
-    def _publish_batch(self, items: Sequence[_Item]) -> list[None]:
-        self.publish_many(items)
-        return [None] * len(items)
+    def _publish_batch(self, batches: Sequence[list[Outgoing]]) -> list[None]:
+        outgoing = [out for batch in batches for out in batch]
+        self._call(self._session.publish_all(outgoing), OUTAGE_S + OPERATION_TIMEOUT_S, "publish")
+        return [None] * len(batches)
 
     def publish_many(self, items: Iterable[_Item]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items pipelined: all are sent,
@@ -153,7 +154,7 @@ class RabbitmqBroker:
             for body, queue, priority, delay_s, headers in items
         ]
         if outgoing:
-            self._call(self._session.publish_all(outgoing), OUTAGE_S + OPERATION_TIMEOUT_S, "publish")
+            self._publishes.call(outgoing)
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> _RabbitmqConsumer:
         consumer = _RabbitmqConsumer(self, list(queues), prefetch)
