@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 
@@ -18,7 +19,26 @@ class CliContext:
     json: bool
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Subcommand -> the module that defines it. Imported on first use, so a worker process never
+# loads the scheduler, the API or the demo (lower idle memory, faster start).
+_LAZY = {
+    "demo": "conveyor.cli.demo", "worker": "conveyor.cli.worker", "db": "conveyor.cli.db",
+    "submit": "conveyor.cli.tasks", "tasks": "conveyor.cli.tasks", "task": "conveyor.cli.tasks",
+    "nodes": "conveyor.cli.tasks", "scheduler": "conveyor.cli.scheduler", "schedule": "conveyor.cli.scheduler",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_LAZY))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _LAZY:
+            importlib.import_module(_LAZY[cmd_name])  # its decorators register it on this group
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--broker", envvar="CONVEYOR_BROKER_URL", show_envvar=True,
               help="Broker URL: sqlite:///conveyor.db (default) or amqp://user:pass@host:5672/vhost")
 @click.option("--store", envvar="CONVEYOR_STORE_URL", show_envvar=True,
@@ -38,20 +58,8 @@ def cli(ctx: click.Context, broker: str | None, store: str | None, as_json: bool
 
 
 def main() -> None:
-    from conveyor.cli import db, demo, tasks, worker  # noqa: F401 - registers subcommands
-
     try:
-        _register_optional()
         cli(standalone_mode=True)
     except ConveyorError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
-
-
-def _register_optional() -> None:
-    """Subcommands of the scheduling center, when present."""
-    import contextlib
-    import importlib
-
-    with contextlib.suppress(ImportError):
-        importlib.import_module("conveyor.cli.scheduler")
