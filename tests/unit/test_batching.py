@@ -57,3 +57,24 @@ def test_a_failing_flush_fails_its_batch_and_the_next_call_still_works() -> None
     with pytest.raises(RuntimeError):
         combiner.call(1)
     assert combiner.call(2) == 2
+
+
+def test_with_several_batches_in_flight_every_caller_gets_its_own_result() -> None:
+    def flush(items: Sequence[int]) -> list[int]:
+        import time
+
+        time.sleep(0.002)
+        return [i * 3 for i in items]
+
+    combiner: Combiner[int, int] = Combiner(flush, max_batch=3, max_in_flight=3)
+    results: dict[int, int] = {}
+
+    def call(i: int) -> None:
+        results[i] = combiner.call(i)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {i: i * 3 for i in range(200)}
