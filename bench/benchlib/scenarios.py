@@ -206,6 +206,13 @@ def drain_cases(n: int) -> list[Case]:
         out.append(Case(f"drain/conveyor-{procs}p", "drain", system, n, drain(system, n),
                         [Row(f"Conveyor worker x{procs}, --concurrency 8 (RabbitMQ + PG)", ("rate",), RATE)],
                         [*celery, Compare("Dramatiq", f"drain/dramatiq-{procs}p"), consume]))
+    # More slots per worker mean larger shared batches of store writes (group commit).
+    wide = ConveyorAmqp(processes=2, concurrency=32)
+    out.append(Case("drain/conveyor-2p-c32", "drain", wide, n, drain(wide, n),
+                    [Row("Conveyor worker x2, --concurrency 32 (RabbitMQ + PG)", ("rate",), RATE)],
+                    [Compare("Celery", "drain/celery-c2", label="no results"),
+                     Compare("Celery", "drain/celery-c2-pg", label="pg"),
+                     Compare("Dramatiq", "drain/dramatiq-2p"), consume]))
     for procs in (1, 2):
         out.append(Case(f"drain/celery-c{procs}", "drain", Celery(procs), n, drain(Celery(procs), n),
                         [Row(f"Celery prefork -c {procs}, no results", ("rate",), RATE)]))
