@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conveyor._sqlite import sqlite_path
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.config import Settings
 from conveyor.model import TaskEvent
-from conveyor.store.sqlite import SqliteStore, sqlite_path
+from conveyor.store.sqlite import SqliteStore
+from tests.processes import REPORT_KEY, WorkerProcess, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_APP = "tests.e2e.apps.core_app"
@@ -36,18 +36,6 @@ LEASE_S = 2.0
 HEARTBEAT_S = 0.5
 GRACE_S = 5.0
 READY_TIMEOUT_S = 15.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, pause_s: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(pause_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,38 +70,6 @@ def leased_messages(url: str) -> int:
 def run_counts(path: Path) -> Counter[str]:
     """How many times each task id was executed."""
     return Counter(e.task_id for e in read_executions(path))
-
-
-@dataclass
-class WorkerProcess:
-    node_id: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def signal(self, signum: int) -> None:
-        """Signal the worker process itself (not its handler children)."""
-        if self.alive():
-            self.proc.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> int:
-        return self.proc.wait(timeout=timeout_s)
-
-    def kill_all(self) -> None:
-        """SIGKILL the worker and everything in its session (process-pool children)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
 
 
 class Workers:
@@ -204,7 +160,7 @@ def workers(tmp_path: Path, db_url: str, exec_log: Path, request: pytest.Fixture
         yield pool
     finally:
         pool.kill_all()
-        report = request.node.stash.get(_REPORT_KEY, None)
+        report = request.node.stash.get(REPORT_KEY, None)
         if report is not None and report.failed:  # show what the workers logged
             sys.stderr.write(pool.outputs()[-20_000:])
 
@@ -240,17 +196,3 @@ def raw_broker(db_url: str) -> Iterator[SqliteBroker]:
 def statuses(timeline: list[TaskEvent]) -> list[str]:
     """The timeline as the list of statuses it went through."""
     return [e.to_status.value for e in timeline]
-
-
-_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Keep the call-phase report so the ``workers`` fixture can print logs of a failed test."""
-    report = yield
-    if report.when == "call":
-        item.stash[_REPORT_KEY] = report
-    return report

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -31,6 +29,7 @@ from conveyor.broker.rabbitmq import RabbitmqBroker
 from conveyor.model import Task, TaskFilter
 from conveyor.service import SubmitRequest, TaskService
 from conveyor.store.postgres import PostgresStore
+from tests.processes import REPORT_KEY, WorkerProcess, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COUNTING_APP = "tests.integration.apps.counting"
@@ -40,18 +39,6 @@ HEARTBEAT_S = 1.0
 GRACE_S = 5.0
 PREFETCH = 2  # Settings.prefetch default: a worker holds at most concurrency + this deliveries
 READY_TIMEOUT_S = 20.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, pause_s: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(pause_s)
 
 
 # -- RabbitMQ administration -----------------------------------------------------------------
@@ -135,31 +122,6 @@ def run_counts(executions: Sequence[Execution]) -> Counter[str]:
 
 
 # -- worker processes ----------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    node_id: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    concurrency: int
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL the worker and everything in its session."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
 
 
 class Cluster:
@@ -275,7 +237,7 @@ class Cluster:
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.kill()
+            worker.kill_all()
         if self._service is not None:
             service, self._service = self._service, None
             with contextlib.suppress(Exception):
@@ -291,20 +253,6 @@ def cluster(tmp_path: Path, vhost_url: str, postgres_schema_url: str,
         yield nodes
     finally:
         nodes.close()
-        report = request.node.stash.get(_REPORT_KEY, None)
+        report = request.node.stash.get(REPORT_KEY, None)
         if report is not None and report.failed:  # show what the workers logged
             sys.stderr.write(nodes.outputs()[-20_000:])
-
-
-_REPORT_KEY = pytest.StashKey[pytest.TestReport]()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Keep the call-phase report so the ``cluster`` fixture can print logs of a failed test."""
-    report = yield
-    if report.when == "call":
-        item.stash[_REPORT_KEY] = report
-    return report

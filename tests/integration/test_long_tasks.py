@@ -121,7 +121,7 @@ def test_a_worker_killed_after_the_hand_off_has_its_task_rerun_by_the_reaper(clu
     assert queue_messages(cluster).get("conveyor.default") == 0  # only the store knows the task now
 
     second = cluster.start("long-second", concurrency=2)
-    first.kill()
+    first.kill_all()
     killed_at = time.time()
     task = wait_for(lambda: (t := cluster.service.get(task_id)).status.is_final and t, 30, "the rerun to finish")
 

@@ -141,7 +141,7 @@ def test_a_worker_killed_mid_run_loses_no_task_and_its_in_flight_tasks_run_elsew
     submitter.start()
 
     wait_for_executions(cluster, victim.node_id, at_least=100)
-    victim.kill()
+    victim.kill_all()
     killed_at = time.time()
     submitted = submitter.result(timeout_s=60)
     cluster.wait_finished(len(submitted), timeout_s=60)

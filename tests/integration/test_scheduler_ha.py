@@ -15,10 +15,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +26,7 @@ from conveyor.scheduler.schedule_store import ScheduleStore, open_schedule_store
 from conveyor.scheduler.schedules import Schedule
 from conveyor.store import open_store
 from conveyor.store.base import Store
+from tests.processes import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WINDOW_S = 10
@@ -50,17 +50,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     pytest.importorskip("conveyor.store.postgres")
     pytest.importorskip("conveyor.broker.rabbitmq")
     yield Backend(request.getfixturevalue("postgres_schema_url"), request.getfixturevalue("rabbitmq_url"))
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class Replicas:

@@ -13,19 +13,17 @@ The store may live in the same file; this module's tables are prefixed ``broker_
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 
+from conveyor._sqlite import SqliteFile
 from conveyor.errors import BrokerError
-from conveyor.store.sqlite import connect
 
 logger = logging.getLogger(__name__)
 
@@ -84,41 +82,13 @@ class SqliteBroker:
     def __init__(self, url: str, *, lease_s: float = 30.0) -> None:
         self.url = url
         self.lease_s = lease_s
-        self._lock = threading.RLock()
         self._consumers: list[_SqliteConsumer] = []
-        try:
-            self._conn = connect(url)
-        except sqlite3.Error as exc:
-            raise BrokerError(f"cannot open SQLite broker {url!r}: {exc}") from exc
-        with self._transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise BrokerError(f"SQLite broker {self.url!r}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Several statements under SQLite's write lock, taken up front (``BEGIN IMMEDIATE``).
-        A single write statement needs none: it takes the write lock when it starts."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        self._db = SqliteFile(url, BrokerError, "broker", _SCHEMA)
+        self._lock = self._db.lock
 
     def declare_queue(self, queue: str) -> None:
         """Queues need no declaring here; the name is recorded for listing."""
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             conn.execute("INSERT OR IGNORE INTO broker_queues (name) VALUES (?)", (queue,))
 
     def publish(self, body: bytes, *, queue: str, priority: int = 0, delay_s: float = 0.0,
@@ -134,7 +104,7 @@ class SqliteBroker:
                 raise ValueError(f"priority must be 0-9, not {priority}")
             encoded = orjson.dumps(dict(headers)).decode() if headers else None
             rows.append((queue, priority, at + max(delay_s, 0.0), bytes(body), encoded))
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.executemany(
                 "INSERT INTO broker_messages (queue, priority, available_at, body, headers) VALUES (?, ?, ?, ?, ?)",
                 rows,
@@ -149,7 +119,7 @@ class SqliteBroker:
         return consumer
 
     def dead_letters(self, limit: int = 100) -> list[tuple[bytes, dict[str, str]]]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 "SELECT body, headers FROM broker_dead ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
@@ -160,8 +130,7 @@ class SqliteBroker:
             consumers, self._consumers = self._consumers, []
         for consumer in consumers:
             consumer.close()
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
     # -- used by consumers and deliveries ------------------------------------------------
 
@@ -169,7 +138,7 @@ class SqliteBroker:
         now = time.time()
         until = now + self.lease_s
         sql = _LEASE.format(marks=_marks(len(queues)))
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(sql, (owner, until, *queues, now, now, limit)).fetchall()
         rows.sort(key=lambda r: (-r[5], r[6], r[0]))  # RETURNING order is unspecified
         return [_Leased(seq, q, bytes(body), _headers(h), count > 1, until)
@@ -178,14 +147,14 @@ class SqliteBroker:
     def _has_ready(self, queues: tuple[str, ...]) -> bool:
         """A read-only look, so idle consumers do not take the write lock every poll."""
         now = time.time()
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             row = conn.execute(_PROBE.format(marks=_marks(len(queues))), (*queues, now, now)).fetchone()
         return row is not None
 
     def _renew(self, seqs: Sequence[int], owner: str, lease_s: float) -> tuple[set[int], float]:
         """Extend the leases ``owner`` still holds; returns those seqs and the new deadline."""
         until = time.time() + lease_s
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 f"UPDATE broker_messages SET lease_until = ? WHERE seq IN ({_marks(len(seqs))})"
                 " AND lease_owner = ? RETURNING seq",
@@ -195,7 +164,7 @@ class SqliteBroker:
 
     def _release(self, seqs: Sequence[int], owner: str) -> None:
         """Give back leased rows never handed out: they do not count as delivered."""
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             conn.execute(
                 "UPDATE broker_messages SET lease_owner = NULL, lease_until = NULL,"
                 " delivery_count = delivery_count - 1"
@@ -204,14 +173,14 @@ class SqliteBroker:
             )
 
     def _delete(self, seq: int, owner: str) -> bool:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             cursor = conn.execute(
                 "DELETE FROM broker_messages WHERE seq = ? AND lease_owner = ?", (seq, owner)
             )
         return cursor.rowcount == 1
 
     def _requeue(self, seq: int, owner: str, delay_s: float) -> bool:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             cursor = conn.execute(
                 "UPDATE broker_messages SET lease_owner = NULL, lease_until = NULL, available_at = ?"
                 " WHERE seq = ? AND lease_owner = ?",
@@ -221,7 +190,7 @@ class SqliteBroker:
 
     def _dead_letter(self, leased: _Leased, owner: str, reason: str) -> bool:
         headers = {**leased.headers, "x-conveyor-reason": reason, "x-conveyor-queue": leased.queue}
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             cursor = conn.execute("DELETE FROM broker_messages WHERE seq = ? AND lease_owner = ?",
                                   (leased.seq, owner))
             if cursor.rowcount != 1:

@@ -213,7 +213,7 @@ class SqliteScheduleStore(_SqlScheduleStore):
     """Schedules in the embedded SQLite file (the task store's file, separate connection)."""
 
     def __init__(self, url: str) -> None:
-        from conveyor.store.sqlite import connect
+        from conveyor._sqlite import connect
 
         self._lock = threading.Lock()
         try:

@@ -10,22 +10,19 @@ other processes. The broker may live in the same file: its tables are prefixed `
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from conveyor.errors import ConcurrentUpdate, ConfigError, StoreError, TaskNotFound
+from conveyor._sqlite import SqliteFile
+from conveyor.errors import ConcurrentUpdate, StoreError, TaskNotFound
 from conveyor.message import dumps
 from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition
 
-BUSY_TIMEOUT_MS = 10_000
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
 
 _SCHEMA = """
@@ -65,32 +62,6 @@ _INSERT = (
 )
 # update() may change any field but these: identity, the CAS token, and status (via to_status).
 _CHANGEABLE = frozenset(_COLUMNS) - {"id", "version", "status"}
-
-
-def sqlite_path(url: str) -> str:
-    """``sqlite:///rel/path.db`` -> ``rel/path.db``; ``sqlite:////abs/path.db`` -> ``/abs/path.db``."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) == len(prefix):
-        raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///relative/path or sqlite:////abs/path")
-    return url[len(prefix):]
-
-
-def connect(url: str) -> sqlite3.Connection:
-    """An autocommit connection (transactions are explicit) tuned for several processes."""
-    path = sqlite_path(url)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=256)
-    try:
-        # busy_timeout first: switching to WAL needs a lock another process may hold.
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-    except sqlite3.Error:
-        conn.close()
-        raise
-    return conn
 
 
 def _to_json(value: Any) -> str | None:
@@ -142,43 +113,14 @@ class SqliteStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._lock = threading.RLock()
-        try:
-            self._conn = connect(url)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite store {url!r}: {exc}") from exc
-        with self._transaction() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store {self.url!r}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding SQLite's write lock from its start, so two processes
-        never both read and then fail to upgrade."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        self._db = SqliteFile(url, StoreError, "store", _SCHEMA)
 
     def create(self, task: Task, *, detail: str | None = None) -> tuple[Task, bool]:
         return self.create_many([task], detail=detail)[0]
 
     def create_many(self, tasks: Sequence[Task], *, detail: str | None = None) -> list[tuple[Task, bool]]:
         results: list[tuple[Task, bool]] = []
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             for task in tasks:
                 results.append(self._insert(conn, task, detail))
         return results
@@ -194,7 +136,7 @@ class SqliteStore:
         return task, True
 
     def get(self, task_id: uuid.UUID) -> Task:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task_id),)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
@@ -222,7 +164,7 @@ class SqliteStore:
         columns = ["status", "version", *changes]
         values = [_encode(c, getattr(new, c)) for c in columns]
         sets = ", ".join(f"{c} = ?" for c in columns)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             cursor = conn.execute(
                 f"UPDATE tasks SET {sets} WHERE id = ? AND version = ?", (*values, str(task.id), task.version)
             )
@@ -234,7 +176,7 @@ class SqliteStore:
         return new
 
     def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task_id),)).fetchone()
             if row is None:
                 return None
@@ -270,7 +212,7 @@ class SqliteStore:
         ids = [str(i) for i in task_ids]
         if not ids:
             return
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start:start + _CHUNK]
                 conn.execute(
@@ -280,7 +222,7 @@ class SqliteStore:
                 )
 
     def expired_leases(self, now: float, limit: int = 100) -> list[Task]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 f"{_SELECT} WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?",
                 (now, limit),
@@ -288,7 +230,7 @@ class SqliteStore:
         return [_row_to_task(r) for r in rows]
 
     def events(self, task_id: uuid.UUID) -> list[TaskEvent]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 "SELECT from_status, to_status, at, node, detail FROM task_events"
                 " WHERE task_id = ? ORDER BY seq",
@@ -312,7 +254,7 @@ class SqliteStore:
             where.append("id < ?")
             args.append(str(cursor))
         sql = _SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?"
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(sql, (*args, limit)).fetchall()
         tasks = [_row_to_task(r) for r in rows]
         next_cursor = tasks[-1].id if tasks and len(tasks) == limit else None
@@ -324,7 +266,7 @@ class SqliteStore:
         args: tuple[Any, ...] = ()
         if queue is not None:
             sql, args = sql + " WHERE queue = ?", (queue,)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(sql + " GROUP BY status", args).fetchall()
         counts = {s.value: 0 for s in TaskStatus}
         counts.update({status: n for status, n in rows})
@@ -333,7 +275,7 @@ class SqliteStore:
     def queue_stats(self, since: float) -> dict[str, dict[str, int]]:
         """Per queue: every status (zero included) and ``finished_since``, the tasks that
         reached a final status at or after ``since``."""
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             by_status = conn.execute(
                 "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status"
             ).fetchall()
@@ -349,7 +291,7 @@ class SqliteStore:
         return stats
 
     def upsert_node(self, node: NodeInfo) -> None:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             conn.execute(
                 "INSERT INTO nodes (id, host, pid, queues, concurrency, started_at, last_heartbeat, status,"
                 " in_flight, done) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -362,7 +304,7 @@ class SqliteStore:
             )
 
     def nodes(self) -> list[NodeInfo]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 "SELECT id, host, pid, queues, concurrency, started_at, last_heartbeat, status,"
                 " in_flight, done FROM nodes ORDER BY started_at, id"
@@ -370,5 +312,4 @@ class SqliteStore:
         return [_row_to_node(r) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
