@@ -42,6 +42,8 @@ def _open_backend(request: pytest.FixtureRequest, kind: str) -> tuple[Store, Bro
 def service(request: pytest.FixtureRequest) -> Iterator[TaskService]:
     store, broker = _open_backend(request, request.param)
     yield TaskService(store, broker)
+    if hasattr(broker, "delete_topology"):
+        broker.delete_topology()  # leave no test queues on the shared server
     broker.close()
     store.close()
 
