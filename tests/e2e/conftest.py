@@ -16,7 +16,6 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,37 +26,15 @@ from conveyor.broker.sqlite import SqliteBroker
 from conveyor.config import Settings
 from conveyor.model import TaskEvent
 from conveyor.store.sqlite import SqliteStore
+from tests.execlog import EXEC_LOG_ENV, read_executions
 from tests.processes import REPORT_KEY, WorkerProcess, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_APP = "tests.e2e.apps.core_app"
-EXEC_LOG_ENV = "CONVEYOR_TEST_EXEC_LOG"
 LEASE_S = 2.0
 HEARTBEAT_S = 0.5
 GRACE_S = 5.0
 READY_TIMEOUT_S = 15.0
-
-
-@dataclass(frozen=True, slots=True)
-class Execution:
-    """One line of the execution log: a handler really ran."""
-
-    task_id: str
-    type: str
-    attempt: int
-    node: str
-    pid: int
-    at: float
-
-
-def read_executions(path: Path) -> list[Execution]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        task_id, task_type, attempt, node, pid, at = line.split("\t")
-        rows.append(Execution(task_id, task_type, int(attempt), node, int(pid), float(at)))
-    return rows
 
 
 def leased_messages(url: str) -> int:

@@ -19,7 +19,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,11 +28,11 @@ from conveyor.broker.rabbitmq import RabbitmqBroker
 from conveyor.model import Task, TaskFilter
 from conveyor.service import SubmitRequest, TaskService
 from conveyor.store.postgres import PostgresStore
+from tests.execlog import EXEC_LOG_ENV, Execution, read_executions
 from tests.processes import REPORT_KEY, WorkerProcess, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COUNTING_APP = "tests.integration.apps.counting"
-EXEC_LOG_ENV = "CONVEYOR_TEST_EXEC_LOG"
 LEASE_S = 3.0
 HEARTBEAT_S = 1.0
 GRACE_S = 5.0
@@ -93,27 +92,6 @@ def vhost_url(rabbitmq_url: str) -> Iterator[str]:
 
 
 # -- executions --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Execution:
-    """One line of the execution log: a handler really ran."""
-
-    task_id: str
-    node: str
-    pid: int
-    attempt: int
-    at: float
-
-
-def read_executions(path: Path) -> list[Execution]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        task_id, node, pid, attempt, at = line.split("\t")
-        rows.append(Execution(task_id, node, int(pid), int(attempt), float(at)))
-    return rows
 
 
 def run_counts(executions: Sequence[Execution]) -> Counter[str]:

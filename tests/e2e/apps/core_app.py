@@ -1,9 +1,6 @@
 """The task module of the core end-to-end tests, served by real ``conveyor worker`` processes.
 
-Every handler appends one line per EXECUTION to the file named by ``CONVEYOR_TEST_EXEC_LOG``
-(set by the test for each worker process), so a test can count how often each task really ran,
-on which node and when. Lines are far below 4 KiB and the file is opened with O_APPEND, so lines
-written by several processes at once never interleave.
+Every handler records each EXECUTION in the log of ``tests/execlog.py``.
 """
 
 from __future__ import annotations
@@ -16,24 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import Abort, Conveyor, Retry, current_task
-
-EXEC_LOG_ENV = "CONVEYOR_TEST_EXEC_LOG"
+from tests.execlog import record
 
 app = Conveyor()
-
-
-def record(task_type: str) -> None:
-    """Append ``task_id type attempt node pid time`` to the execution log (if one is set)."""
-    path = os.environ.get(EXEC_LOG_ENV)
-    if not path:
-        return
-    ctx = current_task()  # set in thread, async and process pools alike
-    line = f"{ctx.id}\t{task_type}\t{ctx.attempt}\t{ctx.node}\t{os.getpid()}\t{time.time():.6f}\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
 
 
 @app.task("core.record", max_attempts=3)
