@@ -1,20 +1,18 @@
 """The asynchronous half of the RabbitMQ adapter (see ``conveyor.broker.rabbitmq``).
 
-``EventLoopThread`` runs one asyncio loop in a daemon thread; ``AmqpSession`` lives on that
-loop and owns the robust connection, the confirming publish channel, topology declarations
-and publishing through an outage. The synchronous facade is in ``rabbitmq.py``.
+``AmqpSession`` lives on the adapter's ``EventLoopThread`` and owns the robust connection, the
+confirming publish channel, topology declarations and publishing through an outage. The
+synchronous facade is in ``rabbitmq.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import math
 import os
-import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -49,73 +47,6 @@ CONNECTION_ERRORS = (aiormq.exceptions.AMQPConnectionError, ChannelInvalidStateE
 DRIVER_ERRORS = (aiormq.exceptions.AMQPError, pamqp.exceptions.PAMQPException, RuntimeError)
 # Headers RabbitMQ adds when it dead-letters or redelivers; not ours to pass on.
 _BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-
-
-class EventLoopThread:
-    """One asyncio event loop running forever in a daemon thread until ``stop()``."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-            self._cancel_leftover_tasks()
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        finally:
-            self.loop.close()
-
-    def _cancel_leftover_tasks(self) -> None:
-        tasks = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
-        """Run ``coro`` on the loop and wait for its result; TimeoutError after ``timeout_s``."""
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("EventLoopThread.run() called from its own loop thread")
-        future = self._schedule(coro)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise TimeoutError(f"no result within {timeout_s:g} s") from None
-        except concurrent.futures.CancelledError:  # stop() cancelled it
-            raise RuntimeError("the AMQP event loop stopped") from None
-
-    def submit(self, coro: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
-        """Schedule ``coro`` without waiting; its exceptions are logged, never raised."""
-        future = self._schedule(coro)
-        future.add_done_callback(_log_failure)
-        return future
-
-    def _schedule(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self.loop.is_closed():
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        except RuntimeError:  # closed between the check and the call
-            return
-        self._thread.join(timeout_s)
-
-
-def _log_failure(future: concurrent.futures.Future[None]) -> None:
-    if not future.cancelled() and (exc := future.exception()) is not None:
-        logger.warning("background AMQP operation failed: %r", exc)
 
 
 def resolve_url(url: str, queue_type: str | None,

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError, MessageProcessError
 
+from conveyor._loop_thread import EventLoopThread
 from conveyor.batching import Combiner
 from conveyor.broker._amqp_loop import (
     CONNECT_TIMEOUT_S,
@@ -60,7 +61,6 @@ from conveyor.broker._amqp_loop import (
     MAX_PRIORITY,
     OUTAGE_S,
     AmqpSession,
-    EventLoopThread,
     Outgoing,
     resolve_url,
     str_headers,

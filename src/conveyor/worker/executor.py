@@ -8,36 +8,24 @@ import contextvars
 import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
+from conveyor._loop_thread import EventLoopThread
 from conveyor.errors import TaskTimeout
 from conveyor.task import TaskSpec
 
 
-class EventLoopThread:
-    """One asyncio loop in a daemon thread; async handlers of all slots share it."""
+def _run_on_loop(loop: EventLoopThread, handler: Callable[..., Any], params: dict[str, Any],
+                 timeout: float | None) -> Any:
+    context = contextvars.copy_context()  # carries current_task() onto the loop
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="conveyor-async", daemon=True)
-        self._thread.start()
+    async def start() -> Any:
+        task = asyncio.get_running_loop().create_task(_with_timeout(handler(**params), timeout), context=context)
+        return await task
 
-    def run(self, handler: Callable[..., Any], params: dict[str, Any], timeout: float | None) -> Any:
-        context = contextvars.copy_context()  # carries current_task() onto the loop
-
-        async def start() -> Any:
-            task = asyncio.get_running_loop().create_task(_with_timeout(handler(**params), timeout),
-                                                          context=context)
-            return await task
-
-        return asyncio.run_coroutine_threadsafe(start(), self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self.loop.close()
+    return loop.run(start(), None)  # the timeout is enforced inside, where it cancels the handler
 
 
 async def _with_timeout(coro: Any, timeout: float | None) -> Any:
@@ -58,7 +46,7 @@ class ThreadExecutor:
 
     def run(self, spec: TaskSpec, params: dict[str, Any], timeout: float | None) -> Any:
         if spec.is_async:
-            return self._event_loop().run(spec.handler, params, timeout)
+            return _run_on_loop(self._event_loop(), spec.handler, params, timeout)
         if timeout is None:
             return spec.handler(**params)
         return _run_in_thread(spec.handler, params, timeout)
@@ -66,7 +54,7 @@ class ThreadExecutor:
     def _event_loop(self) -> EventLoopThread:
         with self._lock:
             if self._loop is None:
-                self._loop = EventLoopThread()
+                self._loop = EventLoopThread(name="conveyor-async")
             return self._loop
 
     def close(self) -> None:
@@ -75,8 +63,6 @@ class ThreadExecutor:
 
 
 def _run_in_thread(handler: Callable[..., Any], params: dict[str, Any], timeout: float) -> Any:
-    from concurrent.futures import Future
-
     future: Future[Any] = Future()
 
     def target() -> None:
