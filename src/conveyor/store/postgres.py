@@ -2,7 +2,7 @@
 
 One ``psycopg_pool.ConnectionPool`` in autocommit mode serves every thread. Each write is a single
 statement (a data-modifying CTE writes the task and its event together), so it is atomic and costs
-one round trip; ``update_many`` pipelines a batch inside one transaction. Times are stored as
+one round trip; concurrent writers share a pipelined transaction (``_write_batch``). Times are stored as
 POSIX seconds in ``double precision`` columns, exactly as ``conveyor.model`` holds them, so rows
 map to ``Task`` without conversion. The schema lives in ``sql/migrations`` (see ``migrate.py``)
 and is created unqualified: a ``search_path`` given in the URL
@@ -84,16 +84,16 @@ def _task_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Task]:
     return _make_task
 
 
-def _json(value: Any) -> Jsonb | None:
-    return None if value is None else Jsonb(value)
+def _column_value(name: str, value: Any) -> Any:
+    """A Task field's value as its column's: JSON fields wrapped (params are never NULL)."""
+    if name not in _JSON_FIELDS:
+        return value
+    return Jsonb(value) if name == "params" else batch.jsonb_or_null(value)
 
 
 def _task_values(task: Task) -> list[Any]:
-    values = [getattr(task, name) for name in _FIELDS]
+    values = [_column_value(name, getattr(task, name)) for name in _FIELDS]
     values[_STATUS_AT] = task.status.value
-    for name in _JSON_FIELDS:
-        at = _FIELDS.index(name)
-        values[at] = Jsonb(values[at]) if name == "params" else _json(values[at])
     return values
 
 
@@ -130,7 +130,7 @@ def _plan_update(
         changes = {**changes, "node": node}
     for name, value in changes.items():
         columns.append(name)
-        values.append((Jsonb(value) if name == "params" else _json(value)) if name in _JSON_FIELDS else value)
+        values.append(_column_value(name, value))
     values += [task.id, task.version]
     if to_status is not None:
         values += [task.status.value, to_status.value, now(), node, detail]
@@ -144,6 +144,13 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     # the CTE writes (~2 ms, more than running them: measured with EXPLAIN ANALYZE). Their
     # generic plans are index lookups by id whatever the parameters.
     conn.execute("SET plan_cache_mode = force_generic_plan")
+
+
+def _pipelined(conn: psycopg.Connection[Any], writes: Sequence[_Write]) -> list[Task | None]:
+    """The writes in one transaction, sent pipelined: one round trip, one commit."""
+    with conn.pipeline(), conn.transaction():
+        cursors = [conn.cursor(row_factory=_task_rows).execute(query, params) for query, params in writes]
+    return [cur.fetchone() for cur in cursors]
 
 
 @contextmanager
@@ -198,9 +205,7 @@ class PostgresStore:
             if len(writes) == 1:
                 return [self._write_one(conn, writes[0])]
             try:
-                with conn.pipeline(), conn.transaction():
-                    cursors = [conn.cursor(row_factory=_task_rows).execute(q, p) for q, p in writes]
-                return [cur.fetchone() for cur in cursors]
+                return list(_pipelined(conn, writes))
             except psycopg.Error:
                 return [self._write_one(conn, w) for w in writes]
 
@@ -319,11 +324,7 @@ class PostgresStore:
         if not plans:
             return []
         with _driver_errors("update_many"), self._pool.connection() as conn:
-            cursors: list[psycopg.Cursor[Task]] = []
-            with conn.pipeline(), conn.transaction():
-                for query, params in plans:
-                    cursors.append(conn.cursor(row_factory=_task_rows).execute(query, params))
-            return [cur.fetchone() for cur in cursors]
+            return _pipelined(conn, plans)
 
     def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> None:
         """Not a status change: ``version`` is left alone so the owner's next CAS still holds."""

@@ -61,6 +61,11 @@ SELECT {cols} FROM u
 """
 
 
+def jsonb_or_null(value: Any) -> Jsonb | None:
+    """A JSON column value: Python None is SQL NULL."""
+    return None if value is None else Jsonb(value)
+
+
 def starts_params(items: Sequence[StartItem]) -> dict[str, Any]:
     return {"ids": [i[0] for i in items], "ats": [i[1] for i in items], "leases": [i[2] for i in items],
             "nodes": [i[3] for i in items]}
@@ -68,7 +73,7 @@ def starts_params(items: Sequence[StartItem]) -> dict[str, Any]:
 
 def finishes_params(items: Sequence[FinishItem]) -> dict[str, Any]:
     return {"ids": [i[0] for i in items], "versions": [i[1] for i in items],
-            "results": [None if i[2] is None else Jsonb(i[2]) for i in items],
+            "results": [jsonb_or_null(i[2]) for i in items],
             "finished": [i[3] for i in items], "nodes": [i[4] for i in items]}
 
 
