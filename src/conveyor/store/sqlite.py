@@ -158,21 +158,26 @@ class SqliteStore:
             raise TypeError(f"update() cannot change {sorted(unknown)}")
         if to_status is not None:
             check_transition(task.id, task.status, to_status)
+        with self._db.transaction() as conn:
+            return self._write(conn, task, to_status, node, detail, changes)
+
+    def _write(self, conn: sqlite3.Connection, task: Task, to_status: TaskStatus | None, node: str | None,
+               detail: str | None, changes: dict[str, Any]) -> Task:
+        """The compare-and-set and its event, inside the caller's transaction."""
         if node is not None:
-            changes["node"] = node
+            changes = {**changes, "node": node}
         new = task.replace(status=to_status or task.status, version=task.version + 1, **changes)
         columns = ["status", "version", *changes]
-        values = [_encode(c, getattr(new, c)) for c in columns]
         sets = ", ".join(f"{c} = ?" for c in columns)
-        with self._db.transaction() as conn:
-            cursor = conn.execute(
-                f"UPDATE tasks SET {sets} WHERE id = ? AND version = ?", (*values, str(task.id), task.version)
-            )
-            if cursor.rowcount == 0:
-                exists = conn.execute("SELECT 1 FROM tasks WHERE id = ?", (str(task.id),)).fetchone()
-                raise ConcurrentUpdate(task.id) if exists else TaskNotFound(task.id)
-            if to_status is not None:
-                self._insert_event(conn, task.id, task.status, to_status, node, detail)
+        cursor = conn.execute(
+            f"UPDATE tasks SET {sets} WHERE id = ? AND version = ?",
+            (*(_encode(c, getattr(new, c)) for c in columns), str(task.id), task.version),
+        )
+        if cursor.rowcount == 0:
+            exists = conn.execute("SELECT 1 FROM tasks WHERE id = ?", (str(task.id),)).fetchone()
+            raise ConcurrentUpdate(task.id) if exists else TaskNotFound(task.id)
+        if to_status is not None:
+            self._insert_event(conn, task.id, task.status, to_status, node, detail)
         return new
 
     def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
@@ -183,16 +188,9 @@ class SqliteStore:
             task = _row_to_task(row)
             if not _startable(task, at):
                 return None
-            new = task.replace(status=TaskStatus.RUNNING, version=task.version + 1, node=node,
-                               attempts=task.attempts + 1, started_at=at, lease_until=lease_until,
-                               finished_at=None, queued_at=task.queued_at or at)
-            conn.execute(
-                "UPDATE tasks SET status = 'running', version = ?, node = ?, attempts = ?, started_at = ?,"
-                " lease_until = ?, finished_at = NULL, queued_at = ? WHERE id = ?",
-                (new.version, node, new.attempts, at, lease_until, new.queued_at, str(task_id)),
-            )
-            self._insert_event(conn, task_id, task.status, TaskStatus.RUNNING, node, f"attempt {new.attempts}")
-        return new
+            changes = {"attempts": task.attempts + 1, "started_at": at, "lease_until": lease_until,
+                       "finished_at": None, "queued_at": task.queued_at or at}
+            return self._write(conn, task, TaskStatus.RUNNING, node, f"attempt {task.attempts + 1}", changes)
 
     @staticmethod
     def _insert_event(
