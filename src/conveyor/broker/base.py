@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+# (body, queue, priority, delay_s, headers): one message of ``Broker.publish_many``.
+PublishItem = tuple[bytes, str, int, float, Mapping[str, str] | None]
+
 
 class Delivery(Protocol):
     body: bytes
@@ -64,7 +67,7 @@ class Broker(Protocol):
         """Durably enqueue ``body``; returns only once the broker has accepted it (confirms)."""
         ...
 
-    def publish_many(self, items: Iterable[tuple[bytes, str, int, float, Mapping[str, str] | None]]) -> None:
+    def publish_many(self, items: Iterable[PublishItem]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items together: one transaction or
         one pipelined wait for all confirms. Returns once every one is accepted."""
         ...

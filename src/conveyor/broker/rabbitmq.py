@@ -65,6 +65,7 @@ from conveyor.broker._amqp_loop import (
     resolve_url,
     str_headers,
 )
+from conveyor.broker.base import PublishItem
 from conveyor.errors import BrokerConnectionError, BrokerError, ConveyorError
 
 __all__ = ["RabbitmqBroker", "quantize_delay_ms"]
@@ -82,8 +83,6 @@ OPERATION_TIMEOUT_S = 15.0  # declare, consume, peek, close
 MAX_DELAY_S = 7 * 24 * 3600.0
 
 
-# (body, queue, priority, delay_s, headers): one message of publish_many.
-_Item = tuple[bytes, str, int, float, Mapping[str, str] | None]
 
 
 def quantize_delay_ms(delay_s: float) -> int:
@@ -145,7 +144,7 @@ class RabbitmqBroker:
         self._call(self._session.publish_all(outgoing), OUTAGE_S + OPERATION_TIMEOUT_S, "publish")
         return [None] * len(batches)
 
-    def publish_many(self, items: Iterable[_Item]) -> None:
+    def publish_many(self, items: Iterable[PublishItem]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items pipelined: all are sent,
         then all confirms awaited together. Returns once RabbitMQ confirmed every one."""
         outgoing = [

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import orjson
 
 from conveyor._sqlite import SqliteFile
+from conveyor.broker.base import PublishItem
 from conveyor.errors import BrokerError
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class SqliteBroker:
                 headers: Mapping[str, str] | None = None) -> None:
         self.publish_many([(body, queue, priority, delay_s, headers)])
 
-    def publish_many(self, items: Iterable[tuple[bytes, str, int, float, Mapping[str, str] | None]]) -> None:
+    def publish_many(self, items: Iterable[PublishItem]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items in one transaction."""
         at = time.time()
         rows = []
