@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from conveyor import message
 from conveyor.broker.base import Broker
 from conveyor.errors import ConcurrentUpdate, StoreError
-from conveyor.message import Message
 from conveyor.model import Task, TaskStatus, now
+from conveyor.service import publish_tasks
 from conveyor.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -32,9 +31,7 @@ def recover_expired(store: Store, broker: Broker, *, lease_s: float, max_crashes
         except (ConcurrentUpdate, StoreError):
             continue  # someone else got there first
         if updated.status is TaskStatus.QUEUED:
-            broker.declare_queue(updated.queue)
-            broker.publish(message.encode(Message.for_task(updated)), queue=updated.queue,
-                           priority=updated.priority)
+            publish_tasks(broker, [updated])
         recovered += 1
     if recovered:
         log.warning("recovered %d task(s) from dead nodes", recovered, extra={"action": "recover"})

@@ -28,10 +28,10 @@ from typing import Any
 from conveyor import message
 from conveyor.broker.base import Consumer, Delivery
 from conveyor.errors import ConcurrentUpdate, ConveyorError, SerializationError, TaskNotFound
-from conveyor.message import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Message
+from conveyor.message import MAX_MESSAGE_BYTES, PROTOCOL_VERSION
 from conveyor.model import JSON, NodeInfo, Task, TaskStatus, iso, now, parse_iso
 from conveyor.retry import backoff_s
-from conveyor.service import TaskService
+from conveyor.service import TaskService, publish_tasks
 from conveyor.task import TaskOptions
 
 log = logging.getLogger(__name__)
@@ -295,10 +295,7 @@ def _failed(service: TaskService, task: Task, report: TaskReport, finished_at: f
 
 def _publish_retry(service: TaskService, task: Task) -> None:
     """Publish the message for the attempt after ``task.attempts``, due at the task's eta."""
-    delay_s = max(0.0, (task.eta or 0.0) - now())
-    service.broker.declare_queue(task.queue)
-    service.broker.publish(message.encode(Message.for_task(task)), queue=task.queue,
-                           priority=task.priority, delay_s=delay_s)
+    publish_tasks(service.broker, [task])
 
 
 def record_heartbeat(service: TaskService, beat: Heartbeat) -> None:

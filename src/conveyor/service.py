@@ -103,22 +103,12 @@ class TaskService:
             created_at=created_at, queued_at=None if scheduled else created_at,
         )
 
-    def _publish(self, task: Task) -> None:
-        self._publish_many([task])
-
-    def _publish_many(self, tasks: Sequence[Task]) -> None:
-        at = now()
-        for queue in {t.queue for t in tasks}:
-            self.broker.declare_queue(queue)
-        items = [(message.encode(Message.for_task(t)), t.queue, t.priority,
-                  max(0.0, t.eta - at) if t.eta else 0.0, None) for t in tasks]
-        self.broker.publish_many(items)
 
     def _publish_or_fail(self, tasks: Sequence[Task]) -> None:
         """Publish stored tasks; if the broker refuses, fail them (type ``publish_failed``) so none
         sits queued forever with no message, then raise. ``retry`` sends such a task again."""
         try:
-            self._publish_many(tasks)
+            publish_tasks(self.broker, tasks)
         except ConveyorError as exc:
             error = {"type": "publish_failed", "message": str(exc), "traceback": None}
             for task in tasks:
@@ -155,7 +145,7 @@ class TaskService:
                 )
             except ConcurrentUpdate:
                 continue
-            self._publish(updated)
+            publish_tasks(self.broker, [updated])
             return updated
         raise ConcurrentUpdate(task_id)
 
@@ -181,6 +171,16 @@ class TaskService:
         results = self.store.create_many(tasks, detail="submitted")
         self._publish_or_fail([task for task, created in results if created])
         return results
+
+
+def publish_tasks(broker: Broker, tasks: Sequence[Task]) -> None:
+    """Send each task's message, due at its eta: the one way a task is (re)published, whether
+    submitted, retried, returned on shutdown or recovered from a dead node."""
+    at = now()
+    for queue in {t.queue for t in tasks}:
+        broker.declare_queue(queue)
+    broker.publish_many([(message.encode(Message.for_task(t)), t.queue, t.priority,
+                          max(0.0, t.eta - at) if t.eta else 0.0, None) for t in tasks])
 
 
 def _validate_type(task_type: object) -> None:

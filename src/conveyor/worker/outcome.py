@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import message
 from conveyor.errors import Abort, ConcurrentUpdate, Retry, SerializationError
-from conveyor.message import Message
 from conveyor.model import Task, TaskStatus, now
 from conveyor.retry import retry_delay_s, should_retry
+from conveyor.service import publish_tasks
 from conveyor.task import TaskOptions, TaskSpec
 from conveyor.worker.executor import error_info
 from conveyor.worker.process_pool import HandlerError
@@ -59,8 +59,7 @@ def _record_failure(worker: Worker, task: Task, options: TaskOptions, exc: BaseE
         eta = now() + delay
         updated = _write(worker, task, TaskStatus.RETRYING, error=error, eta=eta, lease_until=None,
                          detail=f"{error['type']}: retry in {delay:.2f} s")
-        worker.app.broker.publish(message.encode(Message.for_task(updated)), queue=updated.queue,
-                                  priority=updated.priority, delay_s=delay)
+        publish_tasks(worker.app.broker, [updated])  # due at its eta, after the backoff
         log.warning("task %s attempt %d failed (%s); retrying in %.2f s", task.id, task.attempts,
                     error["message"], delay, extra=_extra(worker, task, "retry"))
     else:

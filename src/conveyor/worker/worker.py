@@ -22,6 +22,7 @@ from conveyor.config import Settings
 from conveyor.context import TaskContext, reset_current, set_current
 from conveyor.errors import ConveyorError, SerializationError, StoreError
 from conveyor.model import NodeInfo, Task, TaskStatus, now
+from conveyor.service import publish_tasks
 from conveyor.worker.claim import Drop, Later, Run, claim
 from conveyor.worker.executor import ThreadExecutor
 from conveyor.worker.heartbeat import Keeper
@@ -170,18 +171,17 @@ class Worker:
     def _give_back(self, flight: InFlight) -> None:
         with flight.lock:
             flight.returned = True
+            returned: Task | None = None
             try:
-                self.app.store.update(flight.task, TaskStatus.QUEUED, node=self.node_id,
-                                      detail="returned on worker shutdown", lease_until=None)
+                returned = self.app.store.update(flight.task, TaskStatus.QUEUED, node=self.node_id,
+                                                 detail="returned on worker shutdown", lease_until=None)
             except StoreError as exc:
                 log.warning("could not return task %s: %s", flight.task.id, exc)
             if not flight.acked:
                 flight.acked = True
                 flight.delivery.nack(requeue=True)
-            else:  # acked early (long task): the store is the only record, so publish it again
-                task = self.app.store.get(flight.task.id)
-                self.app.broker.publish(message.encode(message.Message.for_task(task)), queue=task.queue,
-                                        priority=task.priority)
+            elif returned is not None:  # acked early (long task): the store is the only record
+                publish_tasks(self.app.broker, [returned])
 
     def heartbeat(self, status: str = "live") -> None:
         self.app.store.upsert_node(NodeInfo(
