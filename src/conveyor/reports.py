@@ -231,7 +231,7 @@ def _apply(service: TaskService, task: Task, report: TaskReport, *, lease_s: flo
     if (task.status is TaskStatus.RETRYING and report.status is TaskStatus.FAILED
             and report.attempt == task.attempts):
         # A redelivered failed report: the retry message may have been lost with its publish.
-        _publish_retry(service, task)
+        publish_tasks(service.broker, [task])
         return f"duplicate failed report: retry message for attempt {task.attempts + 1} published again"
     running = task.status is TaskStatus.RUNNING
     current = task.attempts if running else task.attempts + 1
@@ -282,7 +282,7 @@ def _failed(service: TaskService, task: Task, report: TaskReport, finished_at: f
             task, TaskStatus.RETRYING, node=report.node, error=error, eta=now() + delay, lease_until=None,
             detail=f"{error['type']}: retry in {delay:.2f} s (reported)",
         )
-        _publish_retry(service, updated)
+        publish_tasks(service.broker, [updated])  # due at its eta
         log.warning("task %s attempt %d failed on %s (%s); retrying in %.2f s", task.id, task.attempts,
                     report.node, error["message"], delay, extra=_extra(task, report, "retry"))
         return f"retrying in {delay:.2f} s"
@@ -291,11 +291,6 @@ def _failed(service: TaskService, task: Task, report: TaskReport, finished_at: f
     log.error("task %s failed after %d attempt(s) on %s: %s", task.id, task.attempts, report.node,
               error["message"], extra=_extra(task, report, "failed"))
     return "failed"
-
-
-def _publish_retry(service: TaskService, task: Task) -> None:
-    """Publish the message for the attempt after ``task.attempts``, due at the task's eta."""
-    publish_tasks(service.broker, [task])
 
 
 def record_heartbeat(service: TaskService, beat: Heartbeat) -> None:

@@ -103,7 +103,6 @@ class TaskService:
             created_at=created_at, queued_at=None if scheduled else created_at,
         )
 
-
     def _publish_or_fail(self, tasks: Sequence[Task]) -> None:
         """Publish stored tasks; if the broker refuses, fail them (type ``publish_failed``) so none
         sits queued forever with no message, then raise. ``retry`` sends such a task again."""
