@@ -166,6 +166,9 @@ class TaskEvent:
         }
 
 
+SILENT_HEARTBEATS = 3  # heartbeats a live node may miss before it counts as lost
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """An execution node (worker process) as registered in the store."""
@@ -180,6 +183,10 @@ class NodeInfo:
     status: str = "live"  # live | lost | stopped
     in_flight: int = 0
     done: int = 0
+
+    def is_silent(self, at: float, heartbeat_s: float) -> bool:
+        """A node still registered live that missed ``SILENT_HEARTBEATS`` heartbeats by ``at``."""
+        return self.status == "live" and at - self.last_heartbeat > SILENT_HEARTBEATS * heartbeat_s
 
     def to_dict(self) -> dict[str, Any]:
         return {

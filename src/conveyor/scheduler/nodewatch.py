@@ -22,7 +22,6 @@ from conveyor.store.base import Store
 
 log = logging.getLogger(__name__)
 
-SILENT_HEARTBEATS = 3  # heartbeats missed before a node counts as lost
 RECENTLY_LOST_S = 3600.0  # older lost nodes are left to the periodic sweep
 
 
@@ -36,7 +35,7 @@ def mark_lost_nodes(store: Store, settings: Settings, at: float) -> list[str]:
     """Mark live nodes silent for ``3 * heartbeat_s`` as lost; returns their ids."""
     lost: list[str] = []
     for node in store.nodes():
-        if node.status == "live" and at - node.last_heartbeat > SILENT_HEARTBEATS * settings.heartbeat_s:
+        if node.is_silent(at, settings.heartbeat_s):
             store.upsert_node(dataclasses.replace(node, status="lost"))
             log.warning("node %s lost: no heartbeat for %.1f s", node.id, at - node.last_heartbeat,
                         extra={"worker": node.id, "action": "node_lost"})

@@ -14,16 +14,13 @@ from conveyor.service import TaskService
 router = APIRouter(tags=["cluster"])
 
 RATE_WINDOW_S = 60.0
-LOST_AFTER_BEATS = 3  # a live node silent for this many heartbeats is shown lost
 DEPTH_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.SCHEDULED.value, TaskStatus.RETRYING.value)
 
 
 def shown_status(node: NodeInfo, at: float, heartbeat_s: float) -> str:
     """``lost`` for a node still registered live whose heartbeats stopped (it may have died
     before the reaper marked it); otherwise its stored status."""
-    if node.status == "live" and node.last_heartbeat < at - LOST_AFTER_BEATS * heartbeat_s:
-        return "lost"
-    return node.status
+    return "lost" if node.is_silent(at, heartbeat_s) else node.status
 
 
 def node_rows(service: TaskService, heartbeat_s: float, include_stopped: bool = False) -> list[dict[str, Any]]:
