@@ -15,7 +15,6 @@ and the parameter style differ.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -213,28 +212,17 @@ class SqliteScheduleStore(_SqlScheduleStore):
     """Schedules in the embedded SQLite file (the task store's file, separate connection)."""
 
     def __init__(self, url: str) -> None:
-        from conveyor._sqlite import connect
+        from conveyor._sqlite import SqliteFile
 
-        self._lock = threading.Lock()
-        try:
-            self._conn = connect(url)
-            for statement in _DDL.format(real="REAL").split(";"):
-                self._conn.execute(statement)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite schedule store {url!r}: {exc}") from exc
+        self._db = SqliteFile(url, StoreError, "schedule store", _DDL.format(real="REAL"))
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[tuple[Any, ...]], int]:
-        with self._lock:
-            try:
-                cursor = self._conn.execute(sql, params)
-                rows = cursor.fetchall()
-                return rows, cursor.rowcount
-            except sqlite3.Error as exc:
-                raise StoreError(f"sqlite schedule store: {exc}") from exc
+        with self._db.locked() as conn:
+            cursor = conn.execute(sql, params)
+            return cursor.fetchall(), cursor.rowcount
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()
 
 
 class PostgresScheduleStore(_SqlScheduleStore):
