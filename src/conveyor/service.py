@@ -60,7 +60,10 @@ class TaskService:
     def submit(self, request: SubmitRequest) -> tuple[Task, bool]:
         """Store the task, then publish it. Returns (task, created); ``created`` is False when
         the idempotency key already named a task (that task is returned, nothing is sent)."""
-        task = self.build_task(request)
+        return self.submit_task(self.build_task(request))
+
+    def submit_task(self, task: Task) -> tuple[Task, bool]:
+        """``submit`` for a task already built (and so validated) by ``build_task``."""
         stored, created = self.store.create(task, detail="submitted")
         if created:
             self._publish_or_fail([stored])
@@ -166,7 +169,10 @@ class TaskService:
 
     def submit_many(self, requests: Sequence[SubmitRequest]) -> list[tuple[Task, bool]]:
         """Validate all, store all in one transaction, publish the new ones pipelined."""
-        tasks = [self.build_task(r) for r in requests]
+        return self.submit_tasks([self.build_task(r) for r in requests])
+
+    def submit_tasks(self, tasks: Sequence[Task]) -> list[tuple[Task, bool]]:
+        """``submit_many`` for tasks already built by ``build_task``."""
         results = self.store.create_many(tasks, detail="submitted")
         self._publish_or_fail([task for task, created in results if created])
         return results

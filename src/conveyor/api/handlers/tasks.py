@@ -57,13 +57,15 @@ def _field_of(error: Exception) -> str:
     return first if first in TaskIn.model_fields else "body"
 
 
-def _check(service: TaskService, request: SubmitRequest, prefix: str = "") -> None:
+def _check(service: TaskService, request: SubmitRequest, prefix: str = "") -> Task:
+    """The validated task, or a 422 naming the field."""
     try:
         task = service.build_task(request)
         message.encode(Message.for_task(task))  # over the message size limit: refuse before storing
     except (ValueError, SerializationError) as exc:
         field = prefix + _field_of(exc)
         raise ApiInputError(f"{field}: {exc}", [field]) from exc
+    return task
 
 
 @router.post("/tasks", status_code=201, response_model=None, responses={
@@ -72,9 +74,7 @@ def _check(service: TaskService, request: SubmitRequest, prefix: str = "") -> No
 })
 def submit_task(body: TaskIn, service: ServiceDep) -> JsonResponse:
     """Submit one task."""
-    request = body.to_request()
-    _check(service, request)
-    task, created = service.submit(request)
+    task, created = service.submit_task(_check(service, body.to_request()))
     return JsonResponse(_submitted(task, created), status_code=201 if created else 200)
 
 
@@ -83,10 +83,8 @@ def submit_task(body: TaskIn, service: ServiceDep) -> JsonResponse:
 def submit_batch(body: BatchIn, service: ServiceDep) -> JsonResponse:
     """Submit up to 1,000 tasks. Every item is validated before any is stored, so a bad item
     refuses the whole batch; each result carries its own ``created`` flag."""
-    requests = [item.to_request() for item in body.tasks]
-    for i, request in enumerate(requests):
-        _check(service, request, prefix=f"tasks[{i}].")
-    results = service.submit_many(requests)
+    tasks = [_check(service, item.to_request(), prefix=f"tasks[{i}].") for i, item in enumerate(body.tasks)]
+    results = service.submit_tasks(tasks)
     return JsonResponse({"tasks": [_submitted(t, created) for t, created in results]}, status_code=201)
 
 
