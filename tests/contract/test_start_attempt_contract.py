@@ -44,3 +44,20 @@ def test_a_retrying_task_starts_only_once_its_eta_is_reached(store: Store) -> No
 def test_an_unknown_task_id_starts_nothing(store: Store) -> None:
     at = time.time()
     assert store.start_attempt(Task(type="t").id, "a", at=at, lease_until=at + 30) is None
+
+
+def test_renewing_leases_returns_only_the_tasks_still_owned(store: Store) -> None:
+    at = time.time()
+    mine, _ = store.create(Task(type="t"))
+    cancelled, _ = store.create(Task(type="t"))
+    theirs, _ = store.create(Task(type="t"))
+    store.start_attempt(mine.id, "me", at=at, lease_until=at + 30)
+    running = store.start_attempt(cancelled.id, "me", at=at, lease_until=at + 30)
+    assert running is not None
+    store.update(running, TaskStatus.CANCELLED)
+    store.start_attempt(theirs.id, "other", at=at, lease_until=at + 30)
+    renewed = store.renew_leases([mine.id, cancelled.id, theirs.id], "me", at + 60)
+    assert renewed == {mine.id}
+    assert store.get(mine.id).lease_until == at + 60
+    assert store.get(theirs.id).lease_until == at + 30
+    assert store.renew_leases([], "me", at + 60) == set()

@@ -50,8 +50,9 @@ class Store(Protocol):
         nothing and return None; the caller then reads the task and decides."""
         ...
 
-    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> None:
-        """Extend the lease of the running tasks ``node`` owns; others are left alone."""
+    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> set[uuid.UUID]:
+        """Extend the lease of the running tasks ``node`` owns; others are left alone. Returns
+        the ids renewed: a missing one is no longer this node's (cancelled, finished, taken over)."""
         ...
 
     def expired_leases(self, now: float, limit: int = 100) -> list[Task]:

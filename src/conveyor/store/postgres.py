@@ -326,15 +326,17 @@ class PostgresStore:
         with _driver_errors("update_many"), self._pool.connection() as conn:
             return _pipelined(conn, plans)
 
-    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> None:
+    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> set[uuid.UUID]:
         """Not a status change: ``version`` is left alone so the owner's next CAS still holds."""
         if not task_ids:
-            return
+            return set()
         with _driver_errors("renew_leases"), self._pool.connection() as conn:
-            conn.execute(
-                "UPDATE tasks SET lease_until = %s WHERE id = ANY(%s) AND node = %s AND status = 'running'",
+            rows = conn.execute(
+                "UPDATE tasks SET lease_until = %s WHERE id = ANY(%s) AND node = %s AND status = 'running'"
+                " RETURNING id",
                 (lease_until, list(task_ids), node),
-            )
+            ).fetchall()
+        return {row[0] for row in rows}
 
     def expired_leases(self, now: float, limit: int = 100) -> list[Task]:
         with _driver_errors("expired_leases"), self._pool.connection() as conn:

@@ -204,20 +204,21 @@ class SqliteStore:
             (str(task_id), from_value, to_status.value, time.time(), node, detail),
         )
 
-    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> None:
+    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> set[uuid.UUID]:
         """Extend leases in place. This does NOT bump ``version``: a lease is not a status
         change, and a bump would make the owning worker's next compare-and-set fail."""
         ids = [str(i) for i in task_ids]
-        if not ids:
-            return
+        renewed: set[uuid.UUID] = set()
         with self._db.transaction() as conn:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start:start + _CHUNK]
-                conn.execute(
+                rows = conn.execute(
                     f"UPDATE tasks SET lease_until = ? WHERE id IN ({', '.join('?' * len(chunk))})"
-                    " AND node = ? AND status = 'running'",
+                    " AND node = ? AND status = 'running' RETURNING id",
                     (lease_until, *chunk, node),
-                )
+                ).fetchall()
+                renewed.update(uuid.UUID(row[0]) for row in rows)
+        return renewed
 
     def expired_leases(self, now: float, limit: int = 100) -> list[Task]:
         with self._db.locked() as conn:

@@ -60,12 +60,13 @@ def renew_leases(worker: Worker) -> None:
     if not in_flight:
         return
     settings, store = worker.settings, worker.app.store
-    store.renew_leases([f.task.id for f in in_flight], worker.node_id, now() + settings.lease_s)
+    renewed = store.renew_leases([f.task.id for f in in_flight], worker.node_id, now() + settings.lease_s)
     lease_based = worker.app.broker.lease_based
     for flight in in_flight:
         if lease_based:
             flight.delivery.renew(settings.lease_s)
         elif time.monotonic() - flight.started >= settings.ack_handoff_s:
             flight.hand_off()
-        if store.get(flight.task.id).status is TaskStatus.CANCELLED:
+        # Only a task whose lease was not renewed can have been cancelled: read just those.
+        if flight.task.id not in renewed and store.get(flight.task.id).status is TaskStatus.CANCELLED:
             flight.cancelled.set()
