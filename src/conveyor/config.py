@@ -26,6 +26,7 @@ class Settings:
     grace_s: float = 30.0  # CONVEYOR_GRACE_S: shutdown grace for in-flight tasks
     prefetch: int = 2  # CONVEYOR_PREFETCH: deliveries held beyond the free slots
     ack_handoff_s: float = 60.0  # CONVEYOR_ACK_HANDOFF_S: see docs/architecture.md ("long tasks")
+    outbox_grace_s: float = 30.0  # CONVEYOR_OUTBOX_GRACE_S: an unpublished task is republished after this
     api_token: str | None = None  # CONVEYOR_API_TOKEN
 
     def with_overrides(self, **overrides: Any) -> Settings:
