@@ -307,7 +307,7 @@ class PostgresStore:
 
     def claim_many(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
         keep = batch.first_of_each_id([c[0] for c in claims])
-        with _driver_errors("claim"), self._pool.connection() as conn:
+        with _driver_errors("claim"), self._by_key_lookups() as conn:
             rows = conn.cursor(row_factory=_task_rows).execute(
                 _CLAIMS_SQL, batch.claims_params([claims[k] for k in keep], node, lease_s)).fetchall()
         started = {t.id: t for t in rows}
@@ -316,7 +316,7 @@ class PostgresStore:
 
     def finish_many(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
         keep = batch.first_of_each_id([o.task_id for o in outcomes])
-        with _driver_errors("finish"), self._pool.connection() as conn:
+        with _driver_errors("finish"), self._by_key_lookups() as conn:
             rows = conn.cursor(row_factory=_task_rows).execute(
                 _OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep], node)).fetchall()
         written = {t.id: t for t in rows}
@@ -340,9 +340,17 @@ class PostgresStore:
     def renew_leases(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
         if not leases:
             return set()
-        with _driver_errors("renew_leases"), self._pool.connection() as conn:
+        with _driver_errors("renew_leases"), self._by_key_lookups() as conn:
             rows = conn.execute(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s)).fetchall()
         return {row[0] for row in rows}
+
+    @contextmanager
+    def _by_key_lookups(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction whose plans look tasks up by primary key (see ``batch.BY_KEY``)."""
+        with self._pool.connection() as conn, conn.transaction():
+            for setting in batch.BY_KEY:
+                conn.execute(f"SET LOCAL {setting} = off")
+            yield conn
 
     def expired_leases(self, older_than_s: float, limit: int = 100) -> list[Task]:
         with _driver_errors("expired_leases"), self._pool.connection() as conn:

@@ -1,11 +1,13 @@
-"""What the worker's event loop needs from a deployment: batches of deliveries claimed in the
-store, outcomes recorded then acked, leases renewed, messages published.
+"""What the worker's event loop needs from a deployment: each *cycle* records the outcomes that
+finished and claims the deliveries that arrived, in one transaction; plus acks, leases and
+publishing.
 
 ``Backend`` is that interface. ``SplitBackend`` builds it from an *intake* (the broker side:
 ``AmqpIntake`` on the loop for RabbitMQ, ``PortIntake`` for any other ``Broker``) and a *ledger*
-(the store side: ``PostgresLedger`` on the loop for PostgreSQL, ``PortLedger`` for any other
-``Store``). The embedded default has its own (``SqliteBackend``): broker and store share one
-SQLite file, so a claim and its lease, or an outcome and its ack, commit in one transaction.
+(the store side: ``PostgresLedger`` on the loop for PostgreSQL, one statement per cycle;
+``PortLedger`` for any other ``Store``). The embedded default has its own (``SqliteBackend``):
+broker and store share one SQLite file, so a cycle's leases, claims, outcomes and acks commit in
+one transaction.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ class Claimed:
     error: str | None = None
 
 
+@dataclass(eq=False, slots=True)
+class Finished:
+    """An attempt's outcome to record, with the task as the worker knows it and its delivery."""
+
+    arrival: Arrival
+    outcome: Outcome
+    task: Task
+    ack: bool = True  # False: a task given back (its delivery is requeued instead)
+
+
 def decode(arrival: Arrival) -> Claimed:
     """Decode a body; the queue it came from wins over the one it names (a message claiming
     another queue would have its retries sent where nobody consumes)."""
@@ -66,22 +78,29 @@ def decode(arrival: Arrival) -> Claimed:
     return Claimed(arrival, msg)
 
 
+def started_task(msg: Message, node: str, version: int) -> Task:
+    """The task a claim started, as the worker needs it: all of it came with the message."""
+    return Task(type=msg.type, params=msg.params, id=msg.id, queue=msg.queue, priority=msg.priority,
+                status=TaskStatus.RUNNING, attempts=msg.attempt, max_attempts=msg.max_attempts, timeout=msg.timeout,
+                eta=msg.eta, node=node, version=version)
+
+
 class Backend(Protocol):
     store: Store  # the synchronous store, for the rare paths (run in a thread)
     lease_based: bool  # deliveries are held by a renewable lease (else: acked early when long)
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None: ...
 
-    async def take(self, max_n: int, timeout_s: float, node: str, lease_s: float) -> list[Claimed]:
-        """Up to ``max_n`` deliveries (waiting up to ``timeout_s`` for the first), decoded and
-        claimed in one batch."""
+    async def wait(self, timeout_s: float) -> None:
+        """Return when deliveries may be waiting (or after ``timeout_s``)."""
         ...
 
-    async def record(self, items: Sequence[tuple[Arrival, Outcome]], node: str, *,
-                     ack: bool = True) -> list[Task | None]:
-        """Write the outcomes (durable on return), ack the deliveries whose outcome was written
-        (unless ``ack`` is False: a task given back), and see to the messages of retries. None
-        where the fence held an outcome off (its delivery is left for the caller to settle)."""
+    async def cycle(self, finished: Sequence[Finished], take: int, node: str,
+                    lease_s: float) -> tuple[list[Task | None], list[Claimed]]:
+        """Record the outcomes (durable on return) and ack the deliveries of those written;
+        take up to ``take`` deliveries and claim them; see to retries' messages. Returns the
+        tasks as written (None where the fence held an outcome off: its delivery is left for
+        the caller) and the deliveries taken (``task`` set on those claimed)."""
         ...
 
     async def ack(self, arrivals: Sequence[Arrival]) -> None: ...
@@ -125,7 +144,15 @@ class Intake(Protocol):
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None: ...
 
-    async def take(self, max_n: int, timeout_s: float) -> list[Arrival]: ...
+    async def wait(self, timeout_s: float) -> None: ...
+
+    async def take(self, max_n: int) -> list[Arrival]:
+        """Up to ``max_n`` deliveries received so far (never waits long)."""
+        ...
+
+    def untake(self, arrivals: Sequence[Arrival]) -> None:
+        """Put taken deliveries back in front (their cycle failed)."""
+        ...
 
     async def ack(self, arrivals: Sequence[Arrival]) -> None: ...
 
@@ -143,9 +170,11 @@ class Intake(Protocol):
 
 
 class Ledger(Protocol):
-    async def claim(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]: ...
-
-    async def finish(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]: ...
+    async def cycle(self, finished: Sequence[Finished], claims: Sequence[Message], node: str,
+                    lease_s: float) -> tuple[list[Task | None], list[Task | None]]:
+        """Write the outcomes (fenced, durable) and claim the messages' attempts, together;
+        the tasks written and the tasks started, None where nothing was."""
+        ...
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]: ...
 
@@ -159,12 +188,16 @@ class PortLedger:
         self._thread = StoreThread(store)
         self._store = store
 
-    async def claim(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
-        result: list[Task | None] = await self._thread.call(self._store.claim_many, claims, node, lease_s)
-        return result
+    async def cycle(self, finished: Sequence[Finished], claims: Sequence[Message], node: str,
+                    lease_s: float) -> tuple[list[Task | None], list[Task | None]]:
+        store = self._store
 
-    async def finish(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
-        result: list[Task | None] = await self._thread.call(self._store.finish_many, outcomes, node)
+        def both() -> tuple[list[Task | None], list[Task | None]]:
+            written = store.finish_many([f.outcome for f in finished], node) if finished else []
+            started = store.claim_many([(m.id, m.attempt) for m in claims], node, lease_s) if claims else []
+            return written, started
+
+        result: tuple[list[Task | None], list[Task | None]] = await self._thread.call(both)
         return result
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
@@ -189,28 +222,29 @@ class SplitBackend:
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None:
         await self.intake.start(queues, concurrency, prefetch)
 
-    async def take(self, max_n: int, timeout_s: float, node: str, lease_s: float) -> list[Claimed]:
-        arrivals = await self.intake.take(max_n, timeout_s)
-        if not arrivals:
-            return []
-        claimed = [decode(a) for a in arrivals]
-        valid = [c for c in claimed if c.message is not None]
-        if valid:
-            started = await self.ledger.claim([(c.message.id, c.message.attempt) for c in valid  # type: ignore[union-attr]
-                                               ], node, lease_s)
-            for c, task in zip(valid, started, strict=True):
-                c.task = task
-        return claimed
+    async def wait(self, timeout_s: float) -> None:
+        await self.intake.wait(timeout_s)
 
-    async def record(self, items: Sequence[tuple[Arrival, Outcome]], node: str, *,
-                     ack: bool = True) -> list[Task | None]:
-        written = await self.ledger.finish([o for _, o in items], node)
-        if ack:
-            await self.intake.ack([a for (a, _), w in zip(items, written, strict=True) if w is not None])
+    async def cycle(self, finished: Sequence[Finished], take: int, node: str,
+                    lease_s: float) -> tuple[list[Task | None], list[Claimed]]:
+        arrivals = await self.intake.take(take) if take > 0 else []
+        claimed = [decode(a) for a in arrivals]
+        finishing = {f.outcome.task_id for f in finished}
+        # A copy of a task being finished in this very cycle waits for the next (one row, one write).
+        valid = [c for c in claimed if c.message is not None and c.message.id not in finishing]
+        try:
+            written, started = await self.ledger.cycle(finished, [c.message for c in valid if c.message], node,
+                                                       lease_s)
+        except BaseException:
+            self.intake.untake(arrivals)
+            raise
+        for c, task in zip(valid, started, strict=True):
+            c.task = task
+        await self.intake.ack([f.arrival for f, w in zip(finished, written, strict=True) if w is not None and f.ack])
         retries = [w for w in written if w is not None and w.status is TaskStatus.RETRYING]
         if retries:
             self._spawn(self.publish(retries))
-        return written
+        return written, claimed
 
     async def ack(self, arrivals: Sequence[Arrival]) -> None:
         await self.intake.ack(arrivals)

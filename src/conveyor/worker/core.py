@@ -1,14 +1,14 @@
 """The worker's hot path: one asyncio event loop owns the broker and store connections.
 
-Three loops share it (docs/architecture.md, "The worker"):
+Two loops share it (docs/architecture.md, "The worker"):
 
-- **claim**: take as many deliveries as there are free slots, decode them and claim them in
-  one statement; start the handlers of those claimed; settle the rest (the slow path decides,
-  on a thread, for anything the batch claim left undecided).
-- **record**: outcomes that finished meanwhile are written in one fenced statement, durable,
-  and only then are their deliveries acked (in batches). A write that fails is retried (the
-  store may be restarting): the handler's result is kept, the node reports itself unhealthy,
-  and a slot never waits on a write (slots are freed when the handler returns).
+- **cycle**: whenever outcomes finished or deliveries wait for free slots, ONE transaction
+  records the outcomes (fenced, durable) and claims up to the free slots' worth of deliveries;
+  then the recorded outcomes' deliveries are acked (in batches) and the claimed tasks' handlers
+  start. What arrives while a cycle is in flight goes in the next one (group commit). Deliveries
+  the batch claim left undecided go to the slow path (``worker/claim.py``, on a thread). A
+  cycle that fails is retried (the store may be restarting): results are kept, the node reports
+  itself unhealthy, and slots never wait on a write (they free when the handler returns).
 - **keep**: renew the store leases of running tasks (a task whose lease this node lost, to a
   cancel or a take-over, has its handler stopped: a flag in threads, a kill in the process
   pool), hand long tasks' deliveries off to the lease, heartbeat, and run the reaper.
@@ -39,7 +39,7 @@ from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.recovery import recover_expired, republish_unpublished
 from conveyor.store.base import Outcome
 from conveyor.task import TaskSpec
-from conveyor.worker.backend import Arrival, Backend, Claimed
+from conveyor.worker.backend import Arrival, Backend, Claimed, Finished
 from conveyor.worker.claim import Drop, Later, Run, decide
 from conveyor.worker.executor import HandlerThreads, run_async, run_sync
 from conveyor.worker.outcome import decide_outcome
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker.worker")
 
 TAKE_WAIT_S = 0.2
+RETRY_PAUSE_S = 0.1
 RECORD_RETRY_MAX_S = 2.0
 
 
@@ -67,7 +68,7 @@ class InFlight:
 
 
 @dataclass(eq=False, slots=True)
-class _Finished:
+class _Done:
     flight: InFlight
     outcome: Outcome
     dead_letter: str | None = None  # unknown task type: the delivery goes to the dead letters
@@ -82,9 +83,10 @@ class WorkerCore:
         self.registry = worker.app.registry
         self.flights: dict[uuid.UUID, InFlight] = {}
         self.unhealthy: str | None = None  # why outcomes cannot be written, while they cannot
+        self._retry_pause = RETRY_PAUSE_S
         self._free = worker.concurrency
         self._slot_freed = asyncio.Event()
-        self._finished: list[_Finished] = []
+        self._finished: list[_Done] = []
         self._finished_ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._threads = HandlerThreads(worker.concurrency)
@@ -96,14 +98,14 @@ class WorkerCore:
         self._runs: set[asyncio.Task[None]] = set()  # handler calls: never waited for at shutdown
         self._last_heartbeat = 0.0
         self._last_reap = time.monotonic()
+        self.stats = {"claim_batches": 0, "claimed": 0, "record_batches": 0, "recorded": 0}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.backend.start(self.worker.queues, self.worker.concurrency, self.settings.prefetch)
         await self.heartbeat()
         loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._claim_loop()), loop.create_task(self._record_loop()),
-                       loop.create_task(self._keep_loop())]
+        self._loops = [loop.create_task(self._cycle_loop()), loop.create_task(self._keep_loop())]
 
     def stop(self) -> None:
         self._stopping.set()
@@ -112,8 +114,7 @@ class WorkerCore:
     async def shutdown(self) -> None:
         """Stop taking; let in-flight tasks finish within the grace period; give back the rest."""
         self.stop()
-        claim_loop, record_loop, keep_loop = self._loops
-        await claim_loop
+        cycle_loop, keep_loop = self._loops
         await _logged(self.backend.stop_taking(), "stop consuming")
         deadline = time.monotonic() + self.settings.grace_s
         while any(not f.finished for f in self.flights.values()) and time.monotonic() < deadline:
@@ -122,9 +123,9 @@ class WorkerCore:
         while (self._finished or any(f.finished for f in self.flights.values())) \
                 and time.monotonic() < deadline + 10:
             await asyncio.sleep(0.05)
-        record_loop.cancel()
+        cycle_loop.cancel()
         keep_loop.cancel()
-        await asyncio.gather(record_loop, keep_loop, return_exceptions=True)
+        await asyncio.gather(cycle_loop, keep_loop, return_exceptions=True)
         await _logged(self.heartbeat(status="stopped"), "final heartbeat")
         for run in self._runs:
             run.cancel()  # only returned tasks are left; a thread still running one is abandoned
@@ -136,23 +137,57 @@ class WorkerCore:
         if self._pool_calls is not None:
             self._pool_calls.shutdown(wait=False)
 
-    # -- claim ----------------------------------------------------------------------------
-    async def _claim_loop(self) -> None:
+    # -- cycle ----------------------------------------------------------------------------
+    async def _cycle_loop(self) -> None:
         settings = self.settings
-        while not self._stopping.is_set():
-            if self._free <= 0:
-                self._slot_freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), TAKE_WAIT_S)
+        while True:
+            take = 0 if self._stopping.is_set() else self._free
+            if not self._finished:
+                await self._wait_for_work(take)
+                take = 0 if self._stopping.is_set() else self._free
+            batch, self._finished = self._finished, []
+            self._finished_ready.clear()
+            if not batch and take <= 0:
                 continue
+            await self._dead_letter_unknown(batch)
+            finished = [Finished(d.flight.arrival, d.outcome, d.flight.task) for d in batch]
             try:
-                batch = await self.backend.take(self._free, TAKE_WAIT_S, self.node, settings.lease_s)
+                written, claimed = await self.backend.cycle(finished, take, self.node, settings.lease_s)
             except ConveyorError as exc:
-                log.warning("taking work failed: %s", exc, extra={"worker": self.node})
-                await asyncio.sleep(0.5)
+                self._finished[:0] = batch  # kept: written by the next cycle
+                await self._cycle_failed(exc)
                 continue
-            for claimed in batch:
-                self._dispatch(claimed)
+            if self.unhealthy is not None:
+                log.info("the store takes writes again", extra={"worker": self.node, "action": "healthy"})
+                self.unhealthy, self._retry_pause = None, RETRY_PAUSE_S
+            self._recorded(batch, written)
+            if claimed:
+                self.stats["claim_batches"] += 1
+                self.stats["claimed"] += len(claimed)
+            for one in claimed:
+                self._dispatch(one)
+
+    async def _wait_for_work(self, take: int) -> None:
+        """Until an outcome is ready, or (with free slots) deliveries may be waiting."""
+        if take <= 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished_ready.wait(), TAKE_WAIT_S)
+            return
+        waiters = [asyncio.ensure_future(self._finished_ready.wait()),
+                   asyncio.ensure_future(self.backend.wait(TAKE_WAIT_S))]
+        try:
+            await asyncio.wait(waiters, timeout=TAKE_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _cycle_failed(self, exc: ConveyorError) -> None:
+        if self.unhealthy is None:
+            log.warning("cannot write to the store: %s; retrying", exc, extra={"worker": self.node,
+                                                                             "action": "unhealthy"})
+        self.unhealthy = str(exc)
+        await asyncio.sleep(self._retry_pause)
+        self._retry_pause = min(self._retry_pause * 2, RECORD_RETRY_MAX_S)
 
     def _dispatch(self, claimed: Claimed) -> None:
         arrival = claimed.arrival
@@ -235,7 +270,7 @@ class WorkerCore:
         self._release_slot()
         if flight.returned:
             return
-        self._finished.append(_Finished(flight, outcome, dead_letter))
+        self._finished.append(_Done(flight, outcome, dead_letter))
         self._finished_ready.set()
 
     def _release_slot(self) -> None:
@@ -243,36 +278,17 @@ class WorkerCore:
         self._slot_freed.set()
 
     # -- record ---------------------------------------------------------------------------
-    async def _record_loop(self) -> None:
-        while True:
-            await self._finished_ready.wait()
-            self._finished_ready.clear()
-            batch, self._finished = self._finished, []
-            if batch:
-                await self._record(batch)
-
-    async def _record(self, batch: list[_Finished]) -> None:
+    async def _dead_letter_unknown(self, batch: Sequence[_Done]) -> None:
         for item in batch:
-            if item.dead_letter is not None:
+            if item.dead_letter is not None and not item.flight.arrival.settled:
                 log.error("task %s: %s; dead-lettered", item.flight.task.id, item.dead_letter,
                           extra=self._extra(item.flight.task, "dead_letter"))
                 await _logged(self.backend.dead_letter(item.flight.arrival, item.dead_letter), "dead letter")
-        items = [(f.flight.arrival, f.outcome) for f in batch]
-        pause = 0.1
-        while True:
-            try:
-                written = await self.backend.record(items, self.node)
-                break
-            except ConveyorError as exc:
-                if self.unhealthy is None:
-                    log.warning("cannot record %d outcome(s): %s; retrying", len(items), exc,
-                                extra={"worker": self.node, "action": "unhealthy"})
-                self.unhealthy = str(exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RECORD_RETRY_MAX_S)
-        if self.unhealthy is not None:
-            log.info("outcomes are being recorded again", extra={"worker": self.node, "action": "healthy"})
-            self.unhealthy = None
+
+    def _recorded(self, batch: Sequence[_Done], written: Sequence[Task | None]) -> None:
+        if batch:
+            self.stats["record_batches"] += 1
+            self.stats["recorded"] += len(batch)
         for item, task in zip(batch, written, strict=True):
             self.flights.pop(item.flight.task.id, None)
             if task is None:
@@ -321,11 +337,11 @@ class WorkerCore:
         for flight in flights:
             flight.returned = True
             flight.cancelled.set()
-        items = [(f.arrival, Outcome(f.task.id, f.task.attempts, TaskStatus.QUEUED,
-                                     detail="returned on worker shutdown", publish=f.arrival.settled))
-                 for f in flights]
+        items = [Finished(f.arrival, Outcome(f.task.id, f.task.attempts, TaskStatus.QUEUED,
+                                             detail="returned on worker shutdown", publish=f.arrival.settled),
+                          f.task, ack=False) for f in flights]
         try:
-            written = await self.backend.record(items, self.node, ack=False)
+            written, _ = await self.backend.cycle(items, 0, self.node, self.settings.lease_s)
         except ConveyorError as exc:
             log.warning("could not return %d task(s): %s", len(flights), exc, extra={"worker": self.node})
             written = [None] * len(flights)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -65,13 +66,16 @@ class AmqpIntake:
         self._buffer.append(Arrival(incoming.body, incoming.queue, incoming.redelivered, incoming))
         self._arrived.set()
 
-    async def take(self, max_n: int, timeout_s: float) -> list[Arrival]:
+    async def wait(self, timeout_s: float) -> None:
         if not self._buffer:
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout_s)
-            except TimeoutError:
-                return []
+
+    def untake(self, arrivals: Sequence[Arrival]) -> None:
+        self._buffer.extendleft(reversed(arrivals))
+
+    async def take(self, max_n: int) -> list[Arrival]:
         taken: list[Arrival] = []
         while self._buffer and len(taken) < max_n:
             arrival = self._buffer.popleft()
@@ -168,6 +172,7 @@ class PortIntake:
         self.lease_based = broker.lease_based
         self._consumer: Consumer | None = None
         self._thread = StoreThread(broker)  # type: ignore[arg-type]  # any object: one call at a time
+        self._waiting: list[Arrival] = []  # received by ``wait``, not yet taken
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None:
         for queue in queues:
@@ -177,24 +182,35 @@ class PortIntake:
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self._thread.call(fn, *args, **kwargs)
 
-    async def take(self, max_n: int, timeout_s: float) -> list[Arrival]:
+    async def wait(self, timeout_s: float) -> None:
         consumer = self._consumer
         assert consumer is not None
+        if not self._waiting:
+            delivery: Delivery | None = await self._call(consumer.get, timeout_s)
+            if delivery is not None:
+                self._waiting.append(Arrival(delivery.body, delivery.queue, delivery.redelivered, delivery))
 
-        def get_some() -> list[Delivery]:
-            first = consumer.get(timeout_s)
-            if first is None:
-                return []
-            got = [first]
-            while len(got) < max_n:
-                more = consumer.get(0.0)
-                if more is None:
+    def untake(self, arrivals: Sequence[Arrival]) -> None:
+        self._waiting[:0] = arrivals
+
+    async def take(self, max_n: int) -> list[Arrival]:
+        consumer = self._consumer
+        assert consumer is not None
+        taken, self._waiting = self._waiting[:max_n], self._waiting[max_n:]
+
+        def more(n: int) -> list[Delivery]:
+            got: list[Delivery] = []
+            while len(got) < n:
+                delivery = consumer.get(0.0)
+                if delivery is None:
                     break
-                got.append(more)
+                got.append(delivery)
             return got
 
-        deliveries: list[Delivery] = await self._call(get_some)
-        return [Arrival(d.body, d.queue, d.redelivered, d) for d in deliveries]
+        if len(taken) < max_n:
+            extra: list[Delivery] = await self._call(more, max_n - len(taken))
+            taken += [Arrival(d.body, d.queue, d.redelivered, d) for d in extra]
+        return taken
 
     async def ack(self, arrivals: Sequence[Arrival]) -> None:
         pending = [a for a in arrivals if not a.settled]

@@ -1,14 +1,12 @@
-"""The PostgreSQL side of the worker's hot path: two async connections on the worker's loop.
+"""The PostgreSQL side of the worker's hot path: one async connection on the worker's loop.
 
-- **claims** run with ``synchronous_commit = off``: a claim lost in a server crash is redone
-  from the message, which RabbitMQ still holds (the delivery is acked only after the outcome).
-  Should the server lose a claim whose handler then finished, the fenced outcome write finds
-  the task back in its queue and the worker hands the delivery back (``core.py``): the task
-  runs again, nothing is lost.
-- **outcomes** commit durably before their deliveries are acked.
+Each cycle is ONE statement (``postgres_batch.cycle_sql``): the outcomes that finished since the
+last cycle are written (fenced, with their events and the retries' outbox intents) and the
+deliveries that arrived are claimed, in one transaction, durable before the outcomes' deliveries
+are acked. It returns only keys (id, status, version, eta): the worker has the rest of each task
+from its message. Lease renewals (every ``lease_s / 3``) go on the same connection.
 
-One statement per batch (``postgres_batch``), so a batch of claims or outcomes costs one round
-trip. A connection that fails is replaced on the next call; the error goes to the caller
+A connection that fails is replaced on the next call; the error goes to the caller
 (``StoreError``), which retries.
 """
 
@@ -25,14 +23,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from conveyor.errors import ConveyorError, StoreError
-from conveyor.message import dumps
+from conveyor.message import Message, dumps
 from conveyor.model import Task
 from conveyor.store import postgres_batch as batch
-from conveyor.store.base import Outcome
-from conveyor.store.postgres import _COLS, _EVENT_COLS, _FIELDS, _make_task
+from conveyor.store.postgres import _EVENT_COLS, _STATUSES
+from conveyor.worker.backend import Finished, started_task
 
-_CLAIMS_SQL = batch.claims_sql(_FIELDS, _COLS, _EVENT_COLS)
-_OUTCOMES_SQL = batch.outcomes_sql(_FIELDS, _COLS, _EVENT_COLS)
+_CYCLE_SQL = batch.cycle_sql(_EVENT_COLS)
 
 
 class _Connection:
@@ -80,30 +77,37 @@ def _first_line(exc: psycopg.Error) -> str:
 
 class PostgresLedger:
     def __init__(self, url: str) -> None:
-        generic = "-c plan_cache_mode=force_generic_plan"
-        self._claims = _Connection(url, f"{generic} -c synchronous_commit=off")
-        self._outcomes = _Connection(url, generic)
+        # Generic plans (planned once) that look every task up by primary key (``batch.BY_KEY``).
+        self._conn = _Connection(url, " ".join(["-c plan_cache_mode=force_generic_plan",
+                                                *(f"-c {s}=off" for s in batch.BY_KEY)]))
 
-    async def claim(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
-        keep = batch.first_of_each_id([c[0] for c in claims])
-        rows = await self._claims.rows(_CLAIMS_SQL, batch.claims_params([claims[k] for k in keep], node, lease_s))
-        started = {t.id: t for t in map(_make_task, rows)}
-        kept = set(keep)
-        return [started.get(c[0]) if i in kept else None for i, c in enumerate(claims)]
-
-    async def finish(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
-        keep = batch.first_of_each_id([o.task_id for o in outcomes])
-        rows = await self._outcomes.rows(_OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep], node))
-        written = {t.id: t for t in map(_make_task, rows)}
-        kept = set(keep)
-        return [written.get(o.task_id) if i in kept else None for i, o in enumerate(outcomes)]
+    async def cycle(self, finished: Sequence[Finished], claims: Sequence[Message], node: str,
+                    lease_s: float) -> tuple[list[Task | None], list[Task | None]]:
+        if not finished and not claims:
+            return [], []
+        keep_f = batch.first_of_each_id([f.outcome.task_id for f in finished])
+        keep_c = batch.first_of_each_id([m.id for m in claims])
+        params = batch.cycle_params([finished[k].outcome for k in keep_f], [(claims[k].id, claims[k].attempt)
+                                                                            for k in keep_c], node, lease_s)
+        rows = await self._conn.rows(_CYCLE_SQL, params)
+        done = {row[1]: row for row in rows if row[0] == "f"}
+        started = {row[1]: row for row in rows if row[0] == "c"}
+        written: list[Task | None] = []
+        for f in finished:
+            row = done.pop(f.outcome.task_id, None)
+            written.append(None if row is None else f.task.replace(
+                status=_STATUSES[row[2]], version=row[3], eta=row[4], lease_until=None))
+        tasks: list[Task | None] = []
+        for m in claims:
+            row = started.pop(m.id, None)
+            tasks.append(None if row is None else started_task(m, node, row[3]))
+        return written, tasks
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
         if not leases:
             return set()
-        rows = await self._outcomes.rows(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s))
+        rows = await self._conn.rows(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s))
         return {row[0] for row in rows}
 
     async def close(self) -> None:
-        await self._claims.drop()
-        await self._outcomes.drop()
+        await self._conn.drop()

@@ -1,7 +1,7 @@
-"""The embedded worker's hot path: broker and store in one SQLite file, so each batch is one
-transaction: leasing the messages and claiming their tasks together, and writing the outcomes,
-the retries' next messages and the acks (row deletes) together. No outbox is needed, and no
-delivery can be acked without its outcome or stored without its message.
+"""The embedded worker's hot path: broker and store in one SQLite file, so each cycle is one
+transaction: writing the outcomes, the retries' next messages and the acks (row deletes), and
+leasing the next messages and claiming their tasks. No outbox is needed, and no delivery can be
+acked without its outcome or stored without its message.
 
 The file is shared by the processes of one machine; SQLite lets one writer in at a time, so a
 transaction here is kept to a few milliseconds (a batch is at most the free slots). Beyond the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
@@ -24,8 +25,7 @@ from conveyor.broker import sqlite as broker_sql
 from conveyor.embedded import SqliteTogether
 from conveyor.model import Task, TaskStatus
 from conveyor.publisher import publish_item
-from conveyor.store.base import Outcome
-from conveyor.worker.backend import Arrival, Claimed, StoreThread, decode
+from conveyor.worker.backend import Arrival, Claimed, Finished, StoreThread, decode
 
 _MIN_PAUSE_S = 0.002
 _MAX_PAUSE_S = 0.1
@@ -43,6 +43,7 @@ class SqliteBackend:
         self._thread = StoreThread(self.store)
         self._buffer: collections.deque[broker_sql.Leased] = collections.deque()
         self._extra = 0
+        self._pause = _MIN_PAUSE_S
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None:
         self._queues = tuple(queues)
@@ -50,55 +51,71 @@ class SqliteBackend:
         for queue in queues:
             await self._thread.call(self._broker.declare_queue, queue)
 
-    async def take(self, max_n: int, timeout_s: float, node: str, lease_s: float) -> list[Claimed]:
+    async def wait(self, timeout_s: float) -> None:
+        """Poll: look (without the write lock) until something is ready, backing off."""
         deadline = time.monotonic() + timeout_s
-        pause = _MIN_PAUSE_S
-        while True:
-            claimed: list[Claimed] = await self._thread.call(self._take_now, max_n, node, lease_s)
-            if claimed or time.monotonic() >= deadline:
-                return claimed
-            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, _MAX_PAUSE_S)
+        while not self._buffer:
+            ready: bool = await self._thread.call(self._has_ready)
+            if ready or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(self._pause, max(0.0, deadline - time.monotonic())))
+            self._pause = min(self._pause * 2, _MAX_PAUSE_S)
+        self._pause = _MIN_PAUSE_S
 
-    def _take_now(self, max_n: int, node: str, lease_s: float) -> list[Claimed]:
-        room = max_n + self._extra - len(self._buffer)
-        if len(self._buffer) < max_n or room > 0:
-            with self.store.locked() as conn:
-                ready = broker_sql.has_ready_in(conn, self._queues)
-            if not ready and not self._buffer:
-                return []
-        else:
-            ready = False
-        with self.store.transaction() as conn:
-            if ready and room > 0:
-                self._buffer.extend(broker_sql.lease_in(conn, self._owner, self._queues, room, self._lease_s))
-            leased = [self._buffer.popleft() for _ in range(min(max_n, len(self._buffer)))]
-            claimed = [decode(Arrival(m.body, m.queue, m.redelivered, m)) for m in leased]
-            valid = [c for c in claimed if c.message is not None]
-            started = self.store.claim_in(conn, [(c.message.id, c.message.attempt) for c in valid  # type: ignore[union-attr]
-                                                 ], node, lease_s)
-            for c, task in zip(valid, started, strict=True):
-                c.task = task
-        return claimed
+    def _has_ready(self) -> bool:
+        with self.store.locked() as conn:
+            return broker_sql.has_ready_in(conn, self._queues)
 
-    async def record(self, items: Sequence[tuple[Arrival, Outcome]], node: str, *,
-                     ack: bool = True) -> list[Task | None]:
-        result: list[Task | None] = await self._thread.call(self._record_now, items, node, ack)
+    async def cycle(self, finished: Sequence[Finished], take: int, node: str,
+                    lease_s: float) -> tuple[list[Task | None], list[Claimed]]:
+        result: tuple[list[Task | None], list[Claimed]] = await self._thread.call(
+            self._cycle_now, finished, take, node, lease_s)
         return result
 
-    def _record_now(self, items: Sequence[tuple[Arrival, Outcome]], node: str, ack: bool) -> list[Task | None]:
-        outcomes = [dataclasses.replace(o, publish=False) for _, o in items]  # messages go in this transaction
-        with self.store.transaction() as conn:
-            written: list[Task | None] = self.store.finish_in(conn, outcomes, node)
-            now = time.time()
-            retries = [publish_item(w, now) for w in written if w is not None and w.status is TaskStatus.RETRYING]
-            if retries:
-                self._broker.insert_in(conn, retries)
-            done = [a for (a, _), w in zip(items, written, strict=True) if ack and w is not None and not a.settled]
-            broker_sql.delete_in(conn, [a.handle.seq for a in done], self._owner)
-        for arrival in done:
-            arrival.settled = True
+    def _cycle_now(self, finished: Sequence[Finished], take: int, node: str,
+                   lease_s: float) -> tuple[list[Task | None], list[Claimed]]:
+        buffered = list(self._buffer)
+        try:
+            with self.store.transaction() as conn:
+                written = self._record_in(conn, finished, node)
+                claimed = self._take_in(conn, take, node, lease_s, {f.outcome.task_id for f in finished})
+        except BaseException:
+            self._buffer = collections.deque(buffered)  # the leases were rolled back with the rest
+            raise
+        for f, task in zip(finished, written, strict=True):
+            if task is not None and f.ack:
+                f.arrival.settled = True
+        return written, claimed
+
+    def _record_in(self, conn: sqlite3.Connection, finished: Sequence[Finished], node: str) -> list[Task | None]:
+        if not finished:
+            return []
+        outcomes = [dataclasses.replace(f.outcome, publish=False) for f in finished]  # messages go in here
+        written: list[Task | None] = self.store.finish_in(conn, outcomes, node)
+        now = time.time()
+        retries = [publish_item(w, now) for w in written if w is not None and w.status is TaskStatus.RETRYING]
+        if retries:
+            self._broker.insert_in(conn, retries)
+        done = [f.arrival.handle.seq for f, w in zip(finished, written, strict=True)
+                if f.ack and w is not None and not f.arrival.settled]
+        broker_sql.delete_in(conn, done, self._owner)
         return written
+
+    def _take_in(self, conn: sqlite3.Connection, take: int, node: str, lease_s: float,
+                 finishing: set[uuid.UUID]) -> list[Claimed]:
+        if take <= 0:
+            return []
+        room = take + self._extra - len(self._buffer)
+        if room > 0:
+            self._buffer.extend(broker_sql.lease_in(conn, self._owner, self._queues, room, self._lease_s))
+        leased = [self._buffer.popleft() for _ in range(min(take, len(self._buffer)))]
+        claimed = [decode(Arrival(m.body, m.queue, m.redelivered, m)) for m in leased]
+        valid = [c for c in claimed if c.message is not None and c.message.id not in finishing]
+        started = self.store.claim_in(conn, [(c.message.id, c.message.attempt) for c in valid  # type: ignore[union-attr]
+                                             ], node, lease_s)
+        for c, task in zip(valid, started, strict=True):
+            c.task = task
+        return claimed
 
     async def ack(self, arrivals: Sequence[Arrival]) -> None:
         pending = [a for a in arrivals if not a.settled]

@@ -115,6 +115,10 @@ class Worker:
         loop, core = self._loop, self._core
         if loop is None or core is None:
             return
+        stats = core.stats
+        log.debug("batches: %d claim(s) of %.1f deliveries, %d write(s) of %.1f outcomes", stats["claim_batches"],
+                  stats["claimed"] / max(1, stats["claim_batches"]), stats["record_batches"],
+                  stats["recorded"] / max(1, stats["record_batches"]), extra={"worker": self.node_id})
         try:
             loop.run(core.shutdown(), self.settings.grace_s + 60)
         finally:
