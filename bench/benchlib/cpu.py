@@ -71,12 +71,13 @@ def machine_busy_s() -> float:
 
 
 def find_roots(table: dict[int, ProcInfo]) -> dict[str, list[int]]:
-    """The servers' root processes on this machine, by command name: RabbitMQ's beam.smp,
+    """The servers' root processes on this machine, by command name: RabbitMQ's beam.smp (the
+    one that boots rabbit, not a passing CLI's Erlang VM),
     the PostgreSQL postmaster (the ``postgres`` process whose parent is not one) and
     redis-server. A server that is not running has no root (its CPU reads 0)."""
     roots: dict[str, list[int]] = {"broker": [], "pg": [], "redis": []}
     for pid, info in table.items():
-        if info.comm == "beam.smp" and _cmdline_has(pid, b"rabbit"):
+        if info.comm == "beam.smp" and _cmdline_has(pid, b"-s rabbit boot"):  # not rabbitmqctl's VM
             roots["broker"].append(pid)
         elif info.comm == "postgres" and table.get(info.ppid, ProcInfo(0, "", 0)).comm != "postgres":
             roots["pg"].append(pid)
@@ -86,8 +87,9 @@ def find_roots(table: dict[int, ProcInfo]) -> dict[str, list[int]]:
 
 
 def _cmdline_has(pid: int, needle: bytes) -> bool:
+    """Whether the process's arguments, joined by spaces, contain ``needle``."""
     try:
-        return needle in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
 

@@ -108,7 +108,7 @@ def cpu_notes(case: Case, med: Metrics) -> list[str]:
     if med.get("cpu_window_all_busy", 1.0) < 1.0:
         out.append("CPU window from the first task (not every process was at work before the end)")
     busy = [f"{role} {med[f'idle_cpu_pct_{role}']:.0f}%" for role in ("pg", "broker")
-            if med.get(f"idle_cpu_pct_{role}", 0.0) >= 5.0]
+            if role in case.system.uses and med.get(f"idle_cpu_pct_{role}", 0.0) >= 5.0]
     if busy:
         out.append("servers busy before the drain (other users): " + ", ".join(busy) + " of a core")
     return out

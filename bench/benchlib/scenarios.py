@@ -78,7 +78,7 @@ def drain(system: System, n: int) -> Run:
 
 def warm_up(system: System, scope: Scope, workers: list[Popen]) -> int:
     """Ten tasks through freshly started workers; returns the records so far."""
-    system.paced(scope, 10, 50.0)
+    system.paced(scope, 10, 50.0, start_in=0.5)  # late sends do not matter here
     wait_records(scope, 11, workers)
     time.sleep(0.5)
     return record.count(scope.record_dir)

@@ -76,16 +76,17 @@ class System:
         """Queue N tasks as fast as this system allows (drain and memory set-up; not a result)."""
         return self.submit(scope, n, max_s)
 
-    def paced(self, scope: Scope, n: int, rate: float, clients: int = 1, threads: int = 16) -> Result:
+    def paced(self, scope: Scope, n: int, rate: float, clients: int = 1, threads: int = 16,
+              start_in: float = CLIENT_START_S) -> Result:
         """N submits at ``rate``/s, one schedule shared by ``clients`` processes (each with
-        ``threads`` threads, or asyncio for async clients)."""
-        start_at = time.time() + CLIENT_START_S
+        ``threads`` threads, or asyncio for async clients), starting ``start_in`` s from now."""
+        start_at = time.time() + start_in
         common = ["paced", "--n", str(n), "--rate", str(rate), "--of", str(clients), "--threads", str(threads),
                   "--start-at", f"{start_at:.6f}"]
         env = scope.env(**self.client_env)
         jobs = [(self.client_argv([*common, "--shard", str(k)]), env, f"{self.family}-paced{rate:.0f}-{k}")
                 for k in range(clients)]
-        return merge_paced(scope.procs.run_many(jobs, client_timeout(n) + CLIENT_START_S), rate)
+        return merge_paced(scope.procs.run_many(jobs, client_timeout(n) + start_in), rate)
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         raise NotImplementedError
