@@ -36,7 +36,7 @@ COUNTING_APP = "tests.integration.apps.counting"
 LEASE_S = 3.0
 HEARTBEAT_S = 1.0
 GRACE_S = 5.0
-PREFETCH = 2  # Settings.prefetch default: a worker holds at most concurrency + this deliveries
+PREFETCH = 8  # Settings.prefetch default (= concurrency, 8 here): a worker holds at most concurrency + this
 READY_TIMEOUT_S = 20.0
 
 

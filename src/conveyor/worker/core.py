@@ -41,7 +41,7 @@ from conveyor.store.base import Outcome
 from conveyor.task import TaskSpec
 from conveyor.worker.backend import Arrival, Backend, Claimed, Finished
 from conveyor.worker.claim import Drop, Later, Run, decide
-from conveyor.worker.executor import HandlerThreads, run_async, run_sync
+from conveyor.worker.executor import HandlerThreads, run_async
 from conveyor.worker.outcome import decide_outcome
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker.worker")
 
 TAKE_WAIT_S = 0.2
+GATHER_MAX_S = 0.002
 RETRY_PAUSE_S = 0.1
 RECORD_RETRY_MAX_S = 2.0
 
@@ -84,12 +85,13 @@ class WorkerCore:
         self.flights: dict[uuid.UUID, InFlight] = {}
         self.unhealthy: str | None = None  # why outcomes cannot be written, while they cannot
         self._retry_pause = RETRY_PAUSE_S
+        self._last_cycle_s = 0.0
         self._free = worker.concurrency
         self._slot_freed = asyncio.Event()
         self._finished: list[_Done] = []
         self._finished_ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._threads = HandlerThreads(worker.concurrency)
+        self._threads = HandlerThreads(worker.concurrency, asyncio.get_running_loop())
         self._store_calls = ThreadPoolExecutor(4, thread_name_prefix="conveyor-store-call")
         self._pool_calls = (ThreadPoolExecutor(worker.concurrency, thread_name_prefix="conveyor-pool")
                             if worker.process_pool is not None else None)
@@ -102,7 +104,10 @@ class WorkerCore:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.backend.start(self.worker.queues, self.worker.concurrency, self.settings.prefetch)
+        # Beyond its slots a node holds a bounded number of deliveries (fair dispatch), as many as
+        # its slots by default: enough that each cycle finds a full batch waiting.
+        prefetch = self.settings.prefetch if self.settings.prefetch is not None else self.worker.concurrency
+        await self.backend.start(self.worker.queues, self.worker.concurrency, prefetch)
         await self.heartbeat()
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._cycle_loop()), loop.create_task(self._keep_loop())]
@@ -144,13 +149,15 @@ class WorkerCore:
             take = 0 if self._stopping.is_set() else self._free
             if not self._finished:
                 await self._wait_for_work(take)
-                take = 0 if self._stopping.is_set() else self._free
+            await self._gather()
+            take = 0 if self._stopping.is_set() else self._free
             batch, self._finished = self._finished, []
             self._finished_ready.clear()
             if not batch and take <= 0:
                 continue
             await self._dead_letter_unknown(batch)
             finished = [Finished(d.flight.arrival, d.outcome, d.flight.task) for d in batch]
+            started = time.monotonic()
             try:
                 written, claimed = await self.backend.cycle(finished, take, self.node, settings.lease_s)
             except ConveyorError as exc:
@@ -160,12 +167,26 @@ class WorkerCore:
             if self.unhealthy is not None:
                 log.info("the store takes writes again", extra={"worker": self.node, "action": "healthy"})
                 self.unhealthy, self._retry_pause = None, RETRY_PAUSE_S
+            self._last_cycle_s = time.monotonic() - started
             self._recorded(batch, written)
             if claimed:
                 self.stats["claim_batches"] += 1
                 self.stats["claimed"] += len(claimed)
             for one in claimed:
                 self._dispatch(one)
+
+    async def _gather(self) -> None:
+        """Group commit: handlers the last cycle started usually finish within a fraction of
+        a cycle; wait for them (at most about one cycle) so the next cycle records their
+        outcomes and claims their slots' worth of deliveries in one statement, rather than
+        alternating half-empty cycles. A node with every slot free starts at once."""
+        if self._free >= self.worker.concurrency or self._stopping.is_set():
+            return
+        deadline = time.monotonic() + min(self._last_cycle_s, GATHER_MAX_S)
+        while self._free < self.worker.concurrency and time.monotonic() < deadline:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), max(0.0, deadline - time.monotonic()))
 
     async def _wait_for_work(self, take: int) -> None:
         """Until an outcome is ready, or (with free slots) deliveries may be waiting."""
@@ -234,14 +255,34 @@ class WorkerCore:
             outcome = decide_outcome(task, None, None, None, self.node)
             self._finish(flight, outcome, dead_letter=(outcome.error or {}).get("message"))
             return
+        if not spec.is_async and self.worker.process_pool is None:  # the common case: no task, no future
+            def done(result: Any, error: BaseException | None) -> None:
+                self._finish(flight, decide_outcome(task, spec, result, error, self.node))
+
+            self._threads.submit(spec.handler, task.params, self._context(flight), self._timeout(task, spec), done)
+            return
         run = asyncio.get_running_loop().create_task(self._run(flight, spec))
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
 
-    async def _run(self, flight: InFlight, spec: TaskSpec) -> None:
+    def _context(self, flight: InFlight) -> contextvars.Context:
+        """A context in which ``current_task()`` answers for this flight."""
         task = flight.task
+        context = contextvars.copy_context()
+        context.run(set_current, TaskContext(id=task.id, type=task.type, attempt=task.attempts,
+                                             max_attempts=task.max_attempts, node=self.node,
+                                             cancel_requested=flight.cancelled))
+        return context
+
+    @staticmethod
+    def _timeout(task: Task, spec: TaskSpec) -> float | None:
         # A task submitted by a client that did not know the type's options gets the handler's.
-        timeout = task.timeout if task.timeout is not None else spec.options.timeout
+        return task.timeout if task.timeout is not None else spec.options.timeout
+
+    async def _run(self, flight: InFlight, spec: TaskSpec) -> None:
+        """Async handlers (on this loop) and the process pool."""
+        task = flight.task
+        timeout = self._timeout(task, spec)
         result: Any = None
         error: BaseException | None = None
         try:
@@ -252,14 +293,7 @@ class WorkerCore:
                 result = await asyncio.get_running_loop().run_in_executor(
                     self._pool_calls, pool.run, task.type, task.params, timeout, context, flight.cancelled)
             else:
-                context_vars = contextvars.copy_context()
-                context_vars.run(set_current, TaskContext(
-                    id=task.id, type=task.type, attempt=task.attempts, max_attempts=task.max_attempts,
-                    node=self.node, cancel_requested=flight.cancelled))
-                if spec.is_async:
-                    result = await run_async(spec.handler, task.params, timeout, context_vars)
-                else:
-                    result = await run_sync(self._threads, spec.handler, task.params, timeout, context_vars)
+                result = await run_async(spec.handler, task.params, timeout, self._context(flight))
         except Exception as exc:
             error = exc
         self._finish(flight, decide_outcome(task, spec, result, error, self.node))
