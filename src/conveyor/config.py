@@ -24,7 +24,7 @@ class Settings:
     heartbeat_s: float = 5.0  # CONVEYOR_HEARTBEAT_S: node heartbeat; lost after 3 silent ones
     max_crashes: int = 3  # CONVEYOR_MAX_CRASHES: node deaths before a task is failed "crashed"
     grace_s: float = 30.0  # CONVEYOR_GRACE_S: shutdown grace for in-flight tasks
-    prefetch: int | None = None  # CONVEYOR_PREFETCH: deliveries a worker holds beyond its slots (default: its concurrency)
+    prefetch: int | None = None  # CONVEYOR_PREFETCH: deliveries held beyond the slots (default: concurrency)
     ack_handoff_s: float = 60.0  # CONVEYOR_ACK_HANDOFF_S: see docs/architecture.md ("long tasks")
     outbox_grace_s: float = 30.0  # CONVEYOR_OUTBOX_GRACE_S: an unpublished task is republished after this
     api_token: str | None = None  # CONVEYOR_API_TOKEN

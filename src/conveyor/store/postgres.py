@@ -161,7 +161,17 @@ def _driver_errors(action: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise StoreError(f"postgres store: {action} failed: {exc}") from exc
+        raise StoreError(f"postgres store: {action} failed: {describe(exc)}") from exc
+
+
+def describe(exc: psycopg.Error) -> str:
+    """The server's message without its DETAIL/CONTEXT lines, which can quote row values (task
+    params) that have no place in a log; the SQLSTATE says which kind of error it was."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    text = primary or (str(exc).splitlines() or [type(exc).__name__])[0]
+    code = getattr(exc, "sqlstate", None)
+    return f"{text} [{code}]" if code else text
 
 
 class PostgresStore:
@@ -176,6 +186,9 @@ class PostgresStore:
             max_size=max_connections,
             kwargs={"autocommit": True},
             configure=_configure,
+            # A connection the server closed while it sat idle (a restart, a terminated backend)
+            # is replaced before it is handed out, instead of failing one caller's operation.
+            check=ConnectionPool.check_connection,
             timeout=connect_timeout_s,
             name="conveyor-store",
             open=True,

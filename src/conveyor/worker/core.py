@@ -227,6 +227,10 @@ class WorkerCore:
         msg, arrival = claimed.message, claimed.arrival
         assert msg is not None
         settings = self.settings
+        if msg.id in self.flights:  # a second copy of a task running here: look again after it
+            self._release_slot()
+            await _logged(self.backend.requeue(arrival, settings.lease_s), "requeue")
+            return
         try:
             decision = await self._store_call(decide, self.backend.store, msg, self.node,
                                               lease_s=settings.lease_s, max_crashes=settings.max_crashes)

@@ -26,7 +26,7 @@ from conveyor.errors import ConveyorError, StoreError
 from conveyor.message import Message, dumps
 from conveyor.model import Task
 from conveyor.store import postgres_batch as batch
-from conveyor.store.postgres import _EVENT_COLS, _STATUSES
+from conveyor.store.postgres import _EVENT_COLS, _STATUSES, describe
 from conveyor.worker.backend import Finished, started_task
 
 _CYCLE_SQL = batch.cycle_sql(_EVENT_COLS)
@@ -56,7 +56,7 @@ class _Connection:
             return await cursor.fetchall()
         except psycopg.Error as exc:
             await self.drop()
-            raise StoreError(f"postgres store: {_first_line(exc)}") from exc
+            raise StoreError(f"postgres store: {describe(exc)}") from exc
         except ConveyorError:
             raise
 
@@ -65,14 +65,6 @@ class _Connection:
             with contextlib.suppress(psycopg.Error):
                 await self._conn.close()
             self._conn = None
-
-
-def _first_line(exc: psycopg.Error) -> str:
-    """The server's message without its DETAIL/CONTEXT lines, which can quote row values
-    (task params) that have no place in a worker's log."""
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    return primary or str(exc).splitlines()[0]
 
 
 class PostgresLedger:
