@@ -160,7 +160,9 @@ class WorkerCore:
             started = time.monotonic()
             try:
                 written, claimed = await self.backend.cycle(finished, take, self.node, settings.lease_s)
-            except ConveyorError as exc:
+            except Exception as exc:  # a driver's own error too: the loop must live on
+                if not isinstance(exc, ConveyorError):
+                    log.exception("cycle failed unexpectedly; retrying", extra={"worker": self.node})
                 self._finished[:0] = batch  # kept: written by the next cycle
                 await self._cycle_failed(exc)
                 continue
@@ -202,7 +204,7 @@ class WorkerCore:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _cycle_failed(self, exc: ConveyorError) -> None:
+    async def _cycle_failed(self, exc: Exception) -> None:
         if self.unhealthy is None:
             log.warning("cannot write to the store: %s; retrying", exc, extra={"worker": self.node,
                                                                              "action": "unhealthy"})
@@ -402,6 +404,8 @@ class WorkerCore:
                     await step()
                 except ConveyorError as exc:  # a store/broker hiccup must not stop the keeper
                     log.warning("keeper: %s", exc, extra={"worker": self.node})
+                except Exception:
+                    log.exception("keeper step failed unexpectedly", extra={"worker": self.node})
 
     async def _renew(self) -> None:
         running = [f for f in self.flights.values() if not f.returned]
