@@ -119,7 +119,7 @@ def decode_claim(data: dict[str, Any], task_id: uuid.UUID | None = None) -> Clai
 
 
 def _uuid_text(value: object) -> str:
-    if not isinstance(value, str) or not message.UUID_TEXT.match(value):
+    if not isinstance(value, str) or not message.UUID_TEXT.fullmatch(value):
         raise ValueError("id must be a UUID string (8-4-4-4-12 hex)")
     return value
 

@@ -131,13 +131,13 @@ def _from_dict(data: dict[str, Any]) -> Message:
     if version != PROTOCOL_VERSION or isinstance(version, bool):
         raise ValueError(f"unsupported protocol version {version!r}")
     task_id = data["id"]
-    if not isinstance(task_id, str) or not UUID_TEXT.match(task_id):
+    if not isinstance(task_id, str) or not UUID_TEXT.fullmatch(task_id):
         raise ValueError("id must be a UUID string (8-4-4-4-12 hex)")
     params = data["params"]
     if not isinstance(params, dict):
         raise ValueError("params must be a JSON object")
     eta = data.get("eta")
-    if eta is not None and (not isinstance(eta, str) or not _INSTANT.match(eta)):
+    if eta is not None and (not isinstance(eta, str) or not _INSTANT.fullmatch(eta)):
         raise ValueError("eta must be an ISO-8601 UTC instant (Z or an offset) or null")
     trace = data.get("trace") or {}
     if not isinstance(trace, dict) or not all(isinstance(v, str) for v in trace.values()):

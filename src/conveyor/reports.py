@@ -243,7 +243,7 @@ def _str(data: dict[str, Any], key: str) -> str:
 
 def _uuid(data: dict[str, Any]) -> uuid.UUID:
     value = data["id"]
-    if not isinstance(value, str) or not message.UUID_TEXT.match(value):
+    if not isinstance(value, str) or not message.UUID_TEXT.fullmatch(value):
         raise ValueError("'id' must be a UUID string (8-4-4-4-12 hex)")
     return uuid.UUID(value)
 
@@ -261,7 +261,7 @@ def _int(data: dict[str, Any], key: str, *, minimum: int) -> int:
 
 def _time(data: dict[str, Any], key: str) -> float:
     text = _str(data, key)
-    if not _INSTANT.match(text):
+    if not _INSTANT.fullmatch(text):
         raise ValueError(f"{key!r} must be an ISO-8601 instant with Z or an offset")
     value = validation.check_eta(parse_iso(text))
     assert value is not None

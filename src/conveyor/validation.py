@@ -74,7 +74,7 @@ def check_type(value: object) -> str:
 
 
 def check_queue(value: object) -> str:
-    if not isinstance(value, str) or not QUEUE_NAME.match(value):
+    if not isinstance(value, str) or not QUEUE_NAME.fullmatch(value):
         raise ValueError(f"queue must be {QUEUE_RULE}")
     return value
 

@@ -171,3 +171,12 @@ def test_reports_out_of_bounds_are_refused_naming_the_field(body: bytes, field: 
 def test_the_nul_shortcut_only_skips_bodies_that_cannot_hold_a_nul() -> None:
     assert not validation.may_hold_nul(orjson.dumps({"a": "b"}))
     assert validation.may_hold_nul(orjson.dumps({"a": "\x00"}))
+
+
+@pytest.mark.parametrize("queue", ["emails\n", "q\n", "_reports"])
+def test_a_trailing_newline_or_a_leading_underscore_is_not_a_queue_name(queue: str) -> None:
+    with pytest.raises(ValueError, match="^queue"):
+        validation.check_queue(queue)
+    body = orjson.dumps({"protocol": 1, "id": str(uuid.uuid4()), "type": "t", "params": {}, "queue": queue})
+    with pytest.raises(SerializationError, match="queue"):
+        message.decode(body)
