@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 REPORTS_QUEUE = "_reports"  # a leading underscore marks a queue reserved for Conveyor
 MAX_NODE_LENGTH = validation.MAX_NODE_LENGTH
 _REPORTED = frozenset({TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED})
+# "returned": the node gives the attempt back on shutdown (it does not count); held as QUEUED.
+RETURNED = "returned"
 _CAS_TRIES = 10
 
 
@@ -64,6 +66,11 @@ class TaskReport:
     error: dict[str, Any] | None = None  # {"type", "message", "traceback"}
     retry: bool = True  # False: fail now even if attempts remain
     retry_delay_s: float | None = None  # None: the task type's backoff
+    republish: bool = False  # returned: the node acked its delivery early, so publish the task again
+
+    @property
+    def wire_status(self) -> str:
+        return RETURNED if self.status is TaskStatus.QUEUED else self.status.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +98,7 @@ class ReportAnswer:
 
     id: uuid.UUID
     attempt: int
-    status: TaskStatus  # the reported status
+    status: str  # the reported status, as on the wire
     applied: bool
     reason: str
     task_status: TaskStatus | None = None  # the task's status after the report
@@ -103,7 +110,7 @@ class ReportAnswer:
     def to_dict(self) -> dict[str, Any]:
         return {
             "protocol": PROTOCOL_VERSION, "kind": "report", "id": str(self.id), "attempt": self.attempt,
-            "status": self.status.value, "applied": self.applied, "stop": self.stop, "reason": self.reason,
+            "status": self.status, "applied": self.applied, "stop": self.stop, "reason": self.reason,
             "task_status": self.task_status.value if self.task_status else None,
         }
 
@@ -147,8 +154,10 @@ def encode(report: Report) -> bytes:
         return message.dumps(data)
     data = {
         "protocol": PROTOCOL_VERSION, "id": str(report.id), "attempt": report.attempt,
-        "node": report.node, "status": report.status.value, "at": iso(report.at),
+        "node": report.node, "status": report.wire_status, "at": iso(report.at),
     }
+    if report.status is TaskStatus.QUEUED:
+        data["republish"] = report.republish
     if report.status is TaskStatus.SUCCEEDED:
         data["result"] = report.result
     if report.error is not None:
@@ -192,9 +201,13 @@ def decode_object(data: dict[str, Any], *, nul_possible: bool = True) -> Report:
 
 
 def _task_report(data: dict[str, Any]) -> TaskReport:
-    status = TaskStatus(_str(data, "status"))
-    if status not in _REPORTED:
-        raise ValueError("'status' must be running, succeeded or failed")
+    text = _str(data, "status")
+    status = TaskStatus.QUEUED if text == RETURNED else TaskStatus(text) if text in _REPORTED else None
+    if status is None:
+        raise ValueError("'status' must be running, succeeded, failed or returned")
+    republish = data.get("republish", False)
+    if not isinstance(republish, bool):
+        raise ValueError("'republish' must be true or false")
     error = data.get("error")
     if error is not None:
         error = _error(error)
@@ -209,7 +222,7 @@ def _task_report(data: dict[str, Any]) -> TaskReport:
     return TaskReport(
         id=_uuid(data), attempt=validation.check_attempt(data["attempt"], "'attempt'"), node=_node(data),
         status=status, at=_time(data, "at"), result=data.get("result"), error=error, retry=retry,
-        retry_delay_s=float(delay) if delay is not None else None,
+        retry_delay_s=float(delay) if delay is not None else None, republish=republish,
     )
 
 
@@ -333,6 +346,8 @@ def _apply(service: TaskService, task: Task, report: TaskReport, terms: LeaseTer
     if running and task.node != report.node:  # fenced: only the attempt's owner writes
         return _ignored(report, task, f"attempt {report.attempt} runs on {task.node} (a claim takes over"
                                       " an expired lease)")
+    if report.status is TaskStatus.QUEUED:
+        return _returned(service, task, report) if running else _ignored(report, task, "not running")
     if report.status is TaskStatus.RUNNING:
         if running:
             return _renew(service, task, report, terms)
@@ -356,12 +371,21 @@ def _renew(service: TaskService, task: Task, report: TaskReport, terms: LeaseTer
     return _applied(report, task, "lease renewed")
 
 
+def _returned(service: TaskService, task: Task, report: TaskReport) -> ReportAnswer:
+    """The owner gives its attempt back on a graceful shutdown: it does not count."""
+    returned = service.store.update(task, TaskStatus.QUEUED, node=report.node, lease_until=None,
+                                    attempts=task.attempts - 1, detail="returned on worker shutdown (reported)")
+    if report.republish:  # its delivery was acked early (a long task): only the store knows it
+        publish_tasks(service.broker, [returned])
+    return _applied(report, returned, "returned to the queue")
+
+
 def _applied(report: TaskReport, task: Task, reason: str) -> ReportAnswer:
-    return ReportAnswer(report.id, report.attempt, report.status, True, reason, task.status)
+    return ReportAnswer(report.id, report.attempt, report.wire_status, True, reason, task.status)
 
 
 def _ignored(report: TaskReport, task: Task, reason: str) -> ReportAnswer:
-    return ReportAnswer(report.id, report.attempt, report.status, False, f"ignored: {reason}", task.status)
+    return ReportAnswer(report.id, report.attempt, report.wire_status, False, f"ignored: {reason}", task.status)
 
 
 def _start(service: TaskService, task: Task, report: TaskReport, *, lease_s: float) -> Task:
@@ -442,7 +466,7 @@ def process(service: TaskService, body: bytes, terms: LeaseTerms, *, can_answer:
         reason = f"report for unknown task id {exc.task_id}"
         reply = error_answer(reason)
         if isinstance(report, TaskReport):
-            reply = ReportAnswer(report.id, report.attempt, report.status, False, f"ignored: {reason}").to_dict()
+            reply = ReportAnswer(report.id, report.attempt, report.wire_status, False, f"ignored: {reason}").to_dict()
         return Verdict(answer=reply, dead_letter=reason, summary=reason)
     except ConveyorError as exc:  # store or broker trouble: apply it again later
         log.warning("could not apply a report (%s); trying again shortly", exc)

@@ -138,3 +138,21 @@ def test_claims_round_trip_through_the_report_codec() -> None:
     msg = decode(json.dumps(runner.claim_message(task_id, 2)).encode())
     request = ClaimRequest(id=msg.id, attempt=2, node="n", queue="conformance", message=msg)
     assert reports.decode(reports.encode(request)) == request
+
+
+def test_a_returned_attempt_goes_back_to_the_queue_and_does_not_count(service: TaskService) -> None:
+    task, _ = service.submit(SubmitRequest(type="t", params={}, queue="foreign"))
+    assert claim(service, ClaimRequest(id=task.id, attempt=1, node="php-a"), TERMS).decision == "run"
+    published = len(service.broker.published)  # type: ignore[attr-defined]
+    stranger = reports.TaskReport(id=task.id, attempt=1, node="php-b", status=TaskStatus.QUEUED, at=now())
+    assert reports.answer(service, stranger, TERMS).to_dict()["stop"] is True
+    body = reports.encode(reports.TaskReport(id=task.id, attempt=1, node="php-a", status=TaskStatus.QUEUED, at=now(),
+                                             republish=True))
+    assert b'"status":"returned"' in body
+    verdict = reports.process(service, body, TERMS)
+    assert verdict.answer is not None and verdict.answer["applied"] is True
+    back = service.get(task.id)
+    assert (back.status, back.attempts, back.lease_until) == (TaskStatus.QUEUED, 0, None)
+    assert len(service.broker.published) == published + 1  # type: ignore[attr-defined]
+    again = claim(service, ClaimRequest(id=task.id, attempt=1, node="php-b"), TERMS)
+    assert (again.decision, again.attempt) == ("run", 1)

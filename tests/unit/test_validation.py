@@ -87,8 +87,8 @@ def test_every_answer_the_center_gives_validates_against_the_answer_schema() -> 
         ClaimAnswer(task_id, "run", "attempt 1 is yours", terms, attempt=1, timeout=30.0).to_dict(),
         ClaimAnswer(task_id, "later", "not due yet", terms, delay_s=2.5).to_dict(),
         ClaimAnswer(task_id, "drop", "already succeeded", terms).to_dict(),
-        reports.ReportAnswer(task_id, 1, TaskStatus.RUNNING, True, "lease renewed", TaskStatus.RUNNING).to_dict(),
-        reports.ReportAnswer(task_id, 1, TaskStatus.RUNNING, False, "ignored: superseded").to_dict(),
+        reports.ReportAnswer(task_id, 1, "running", True, "lease renewed", TaskStatus.RUNNING).to_dict(),
+        reports.ReportAnswer(task_id, 1, "returned", False, "ignored: superseded").to_dict(),
         reports.HeartbeatAnswer("php-1", terms).to_dict(),
         reports.error_answer("malformed report: 'node' must be a string"),
     ]
