@@ -175,7 +175,7 @@ def test_the_nul_shortcut_only_skips_bodies_that_cannot_hold_a_nul() -> None:
 
 @pytest.mark.parametrize("queue", ["emails\n", "q\n", "_reports"])
 def test_a_trailing_newline_or_a_leading_underscore_is_not_a_queue_name(queue: str) -> None:
-    with pytest.raises(ValueError, match="^queue"):
+    with pytest.raises(ValueError, match=r"^queue"):
         validation.check_queue(queue)
     body = orjson.dumps({"protocol": 1, "id": str(uuid.uuid4()), "type": "t", "params": {}, "queue": queue})
     with pytest.raises(SerializationError, match="queue"):

@@ -7,6 +7,7 @@ namespace Conveyor;
 use Conveyor\Amqp\Connector;
 use Conveyor\Amqp\Publisher;
 use Conveyor\Amqp\Topology;
+use Conveyor\Exception\NotFound;
 use Conveyor\Exception\TaskFailed;
 use Conveyor\Exception\ValidationFailed;
 use Conveyor\Exception\WaitTimedOut;
@@ -38,6 +39,8 @@ final class Client
     private ?AMQPStreamConnection $connection = null;
     private ?Publisher $publisher = null;
     private readonly Topology $topology;
+    /** @var array<string, true> ids this client published straight to RabbitMQ (unknown to the store until adopted) */
+    private array $published = [];
 
     /** @param array{namespace?: string, queue_type?: string, timeout?: float} $options */
     public function __construct(
@@ -110,12 +113,20 @@ final class Client
         $deadline = microtime(true) + $timeout;
         $pause = 0.02;
         while (true) {
-            $task = $this->get($id);
-            if ($task->isFinal()) {
+            try {
+                $task = $this->get($id);
+            } catch (NotFound $e) {
+                if (!isset($this->published[$id])) {
+                    throw $e;
+                }
+                $task = null; // published over AMQP: the store learns of it when a worker claims it
+            }
+            if ($task !== null && $task->isFinal()) {
                 return $task;
             }
             if (microtime(true) >= $deadline) {
-                throw new WaitTimedOut("task {$id} still {$task->status} after {$timeout} s");
+                $status = $task === null ? 'not picked up by any worker' : $task->status;
+                throw new WaitTimedOut("task {$id} still {$status} after {$timeout} s");
             }
             usleep((int) (min($pause, max(0.0, $deadline - microtime(true))) * 1e6));
             $pause = min($pause * 2, 0.5);
@@ -234,6 +245,9 @@ final class Client
             $ids[] = $id;
         }
         $publisher->confirm();
+        foreach ($ids as $id) {
+            $this->published[$id] = true;
+        }
         return $ids;
     }
 

@@ -6,6 +6,7 @@ namespace Conveyor\Worker;
 
 use Conveyor\Exception\Abort;
 use Conveyor\Exception\Retry;
+use Conveyor\Exception\ValidationFailed;
 use Conveyor\Json;
 use Conveyor\TaskContext;
 use Conveyor\Validation;
@@ -87,8 +88,13 @@ final class Execution
         });
         try {
             $result = $handler($params, $context);
-            Validation::json($result, 'result');
-            $send(['result' => $result]);
+            try {
+                Validation::json($result, 'result');
+                $send(['result' => $result]);
+            } catch (ValidationFailed $e) { // not retried: the same handler would return the same
+                $send(['error' => ['type' => 'SerializationError', 'message' => $e->getMessage(), 'traceback' => null],
+                    'retry' => false]);
+            }
         } catch (Retry $e) {
             $send(['error' => self::error($e), 'retry_delay_s' => $e->delaySeconds]);
         } catch (Abort $e) {
