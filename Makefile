@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/conveyor demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests protocol $(wildcard bench)
 	$(BIN)/mypy
 
 services:
