@@ -12,7 +12,7 @@ from typing import Any
 
 from conveyor import message, validation
 from conveyor.broker.base import Broker
-from conveyor.errors import ConcurrentUpdate, ConveyorError, InvalidTransition
+from conveyor.errors import ConcurrentUpdate, ConveyorError, InvalidTransition, SerializationError
 from conveyor.message import Message
 from conveyor.model import (
     NodeInfo,
@@ -70,8 +70,10 @@ class TaskService:
         """Validate a request into a Task (raises ValueError / SerializationError) with the
         bounds of ``conveyor.validation``, the same at every entry point."""
         task_type = validation.check_type(request.type)
-        validation.check_params(request.params)
+        if not isinstance(request.params, dict):
+            raise SerializationError("params must be a JSON object")
         params = message.loads(message.dumps(request.params))  # refuse non-JSON early, keep JSON types
+        validation.check_params(request.params)  # what dumps lets through: NaN, Infinity (as null), NUL
         spec = self.registry.find(task_type)
         defaults = spec.options if spec else TaskOptions()
         queue = validation.check_queue(request.queue or defaults.queue)
