@@ -5,6 +5,7 @@ mid-task loses its task to another node with no stale copy running after the new
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -139,3 +140,19 @@ def test_a_cancel_stops_the_running_php_handler(cluster: Cluster, php: Php) -> N
     after, _ = cluster.service.submit(SubmitRequest(type="php.add", params={"a": 1, "b": 1}, queue="php"))
     assert final(cluster, after.id).result == {"sum": 2, "attempt": 1}  # the worker is free again
     assert cluster.service.get(task.id).status is TaskStatus.CANCELLED
+
+
+def test_concurrency_supervises_processes_and_restarts_one_that_dies(cluster: Cluster, php: Php) -> None:
+    pool = php.worker("php-pool", concurrency=2)
+    nodes = {n.id: n for n in cluster.service.nodes()}
+    assert {"php-pool-0", "php-pool-1"} <= set(nodes)
+    victim = nodes["php-pool-0"].pid
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: any(n.id == "php-pool-0" and n.pid != victim and n.status == "live"
+                         for n in cluster.service.nodes()), 20, "the slot to be restarted", pause_s=0.1)
+    tasks = [cluster.service.submit(SubmitRequest(type="php.add", params={"a": i, "b": 1}, queue="php"))[0]
+             for i in range(6)]
+    assert [final(cluster, t.id).result["sum"] for t in tasks] == [i + 1 for i in range(6)]
+    assert {e.node for e in cluster.executions()} <= {"php-pool-0", "php-pool-1"}
+    pool.signal(signal.SIGTERM)
+    assert pool.wait(15) == 0
