@@ -95,11 +95,13 @@ final class Worker
                 $log->withNode($node), $node);
             return $consumer->run();
         };
-        if ($settings->concurrency === 1) {
-            return $runOne($base);
-        }
-        return (new Supervisor($settings->concurrency,
-            static fn (int $slot): int => $runOne($settings->nodeId !== null ? "{$base}-{$slot}" : gethostname() . '-' . getmypid()),
-            $log))->run();
+        // Always supervised, even one process: a worker whose connection died is started again.
+        $name = static function (int $slot) use ($settings, $base): string {
+            if ($settings->nodeId === null) {
+                return gethostname() . '-' . getmypid(); // the worker process's own pid
+            }
+            return $settings->concurrency === 1 ? $base : "{$base}-{$slot}";
+        };
+        return (new Supervisor($settings->concurrency, static fn (int $slot): int => $runOne($name($slot)), $log))->run();
     }
 }

@@ -114,7 +114,7 @@ final class Consumer
             $delivery->nack(true);
             return;
         }
-        $decision = $answer['decision'] ?? ($answer['kind'] === 'error' ? 'error' : null);
+        $decision = $answer['decision'] ?? null; // an error answer has none: refused below
         if ($decision === 'drop') {
             $this->log->info("dropping task {$message->id} attempt {$message->attempt}: " . ($answer['reason'] ?? ''));
             $delivery->ack();
