@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services
+.PHONY: demo test lint bench clean services php-deps phpunit
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -17,14 +17,23 @@ demo: $(STAMP)
 	$(BIN)/conveyor demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests protocol $(wildcard bench)
 	$(BIN)/mypy
 
 services:
 	bash scripts/start-services.sh
 
+# PHP (clients/php and its tests): Debian's php-cli, php-amqplib, phpunit, php-laravel-framework.
+php-deps:
+	bash scripts/install-debian-packages.sh --php
+
+# The PHP package's unit tests (Debian's phpunit). The pytest suite runs the PHP worker and
+# client against the real servers (tests/php, tests/conformance).
+phpunit: php-deps
+	cd clients/php && phpunit --colors=never
+
 # pytest exits 5 when it collected no test; make treats that as the failure it is.
-test: $(STAMP) lint services
+test: $(STAMP) lint services phpunit
 	$(BIN)/pytest tests
 
 bench: $(STAMP)
