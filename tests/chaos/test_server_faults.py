@@ -56,7 +56,7 @@ def test_rabbitmq_connections_closed_every_5_s(cluster: Cluster) -> None:
             if conn_vhost.strip() == vhost:  # ours only: the server is shared
                 rabbitmqctl("close_connection", pid.strip(), "chaos: connection closed", timeout_s=30)
 
-    closes = Repeat("close", 5.0, close_our_connections)
+    closes = Repeat("close", 5.0, close_our_connections, first_after_s=2.0)
     tally = drive(cluster, "rabbitmq-connections-closed", tasks=TASKS, sleep_s=scale(0.4, 0.03), faults=[closes],
                   window_s=scale(60, 900), settle_s=SETTLE_S)
     tally.publish()
