@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services php-deps phpunit
+.PHONY: demo test lint bench clean services php-deps phpunit chaos model
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -36,8 +36,18 @@ phpunit: php-deps
 test: $(STAMP) lint services phpunit
 	$(BIN)/pytest tests
 
+# The chaos suite at the sizes of issue 11 (CI runs its short form inside `make test`); each
+# scenario prints its tally, and all of them are appended to chaos-results.jsonl
+# (`python -m tests.chaos.table` turns that file into docs/reliability.md's table).
+chaos: $(STAMP) services model
+	CONVEYOR_CHAOS=full CONVEYOR_CHAOS_RESULTS=$(CURDIR)/chaos-results.jsonl $(BIN)/pytest tests/chaos -p no:cacheprovider -rxX
+
+# The protocol model (model/conveyor.pml) checked by Spin, larger bounds than CI's.
+model: $(STAMP)
+	$(BIN)/python -m tests.model.spin --full
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) conveyor.db conveyor.db-wal conveyor.db-shm
+	rm -rf $(VENV) conveyor.db conveyor.db-wal conveyor.db-shm chaos-results.jsonl
