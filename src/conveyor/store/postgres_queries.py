@@ -1,0 +1,55 @@
+"""The console queries (``store/queries.py``) on the PostgreSQL store, on its connection pool.
+
+Each statement walks one index in id order (see migration 0004 for the indexes it relies on)."""
+
+from __future__ import annotations
+
+import uuid
+
+from conveyor.model import Page
+from conveyor.store.postgres import _COLS, PostgresStore, _driver_errors, _task_rows
+from conveyor.store.queries import MAX_PAGE, TaskSearch, normalize_prefix, where_clause
+
+
+class PostgresQueries:
+    def __init__(self, store: PostgresStore) -> None:
+        self._pool = store._pool  # same package: the store's own pool
+
+    @staticmethod
+    def search_sql(search: TaskSearch, *, limit: int, cursor: uuid.UUID | None) -> tuple[str, list[object]]:
+        """The statement ``search`` runs (public so tests and the bench can EXPLAIN it)."""
+        where, params = where_clause(search, cursor, "%s")
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return f"SELECT {_COLS} FROM tasks {clause}ORDER BY id DESC LIMIT %s", [*params, limit]
+
+    def search(self, search: TaskSearch, *, limit: int = 50, cursor: uuid.UUID | None = None) -> Page:
+        limit = max(1, min(limit, MAX_PAGE))
+        sql, params = self.search_sql(search, limit=limit, cursor=cursor)
+        with _driver_errors("search"), self._pool.connection() as conn:
+            tasks = conn.cursor(row_factory=_task_rows).execute(sql, params).fetchall()
+        return Page(tasks, tasks[-1].id if len(tasks) == limit else None)
+
+    def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[uuid.UUID]:
+        where, params = where_clause(TaskSearch(id_prefix=normalize_prefix(prefix)), None, "%s")
+        with _driver_errors("ids_with_prefix"), self._pool.connection() as conn:
+            rows = conn.execute(f"SELECT id FROM tasks WHERE {' AND '.join(where)} ORDER BY id LIMIT %s",
+                                (*params, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def oldest_waiting(self) -> dict[str, float]:
+        # One index probe per queue on tasks_queued_by_queue (the recursive "loose index scan"
+        # finds the distinct queues without reading every queued row).
+        sql = """
+WITH RECURSIVE q AS (
+    (SELECT queue FROM tasks WHERE status = 'queued' ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.queue FROM tasks t WHERE t.status = 'queued' AND t.queue > q.queue ORDER BY t.queue LIMIT 1)
+    FROM q WHERE q.queue IS NOT NULL
+)
+SELECT q.queue, (SELECT coalesce(t.queued_at, t.created_at) FROM tasks t
+                 WHERE t.status = 'queued' AND t.queue = q.queue ORDER BY t.queued_at LIMIT 1)
+FROM q WHERE q.queue IS NOT NULL
+"""
+        with _driver_errors("oldest_waiting"), self._pool.connection() as conn:
+            rows = conn.execute(sql).fetchall()
+        return {queue: at for queue, at in rows if at is not None}

@@ -1,0 +1,41 @@
+-- The console (issue 10): statistics tables and the one index the overview needs.
+-- Search and keyset paging reuse the (column, id) indexes of 0001; see docs/console.md for
+-- what each index costs the worker's status changes (bench/console_bench.py measures it).
+
+-- The oldest waiting task per queue, without walking the queue's finished tasks. Partial: only
+-- a status change INTO 'queued' adds an entry, so it costs the hot path little.
+CREATE INDEX tasks_queued_by_queue ON tasks (queue, queued_at) WHERE status = 'queued';
+
+-- Statistics folded from task_events by conveyor.stats (see src/conveyor/stats/store.py).
+CREATE TABLE stats_state (
+    name  text PRIMARY KEY,
+    value double precision NOT NULL
+);
+CREATE TABLE stats_counts (
+    queue  text NOT NULL,
+    status text NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (queue, status)
+);
+CREATE TABLE stats_totals (
+    queue text NOT NULL,
+    type  text NOT NULL,
+    name  text NOT NULL,
+    n     double precision NOT NULL,
+    PRIMARY KEY (queue, type, name)
+);
+CREATE TABLE stats_buckets (
+    queue  text NOT NULL,
+    type   text NOT NULL,
+    name   text NOT NULL,
+    bucket integer NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (queue, type, name, bucket)
+);
+CREATE TABLE stats_minutes (
+    minute bigint NOT NULL,
+    queue  text NOT NULL,
+    name   text NOT NULL,
+    n      double precision NOT NULL,
+    PRIMARY KEY (minute, queue, name)
+);
