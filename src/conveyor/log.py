@@ -23,14 +23,14 @@ from conveyor.config import mask_secrets
 CONTEXT_KEYS = ("task_id", "type", "queue", "node")
 _EXTRA_KEYS = ("worker", "action")  # older extra= names, kept in JSON output
 
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("conveyor_log_context", default={})
+_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("conveyor_log_context", default=None)
 _process: dict[str, str] = {}
 
 
 @contextmanager
 def bind(**fields: object) -> Iterator[None]:
     """Attach ``fields`` (task_id, type, queue, node) to every record logged inside the block."""
-    token = _context.set({**_context.get(), **{k: str(v) for k, v in fields.items() if v is not None}})
+    token = _context.set({**(_context.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}})
     try:
         yield
     finally:
@@ -44,7 +44,7 @@ def bind_process(**fields: object) -> None:
 
 def context_of(record: logging.LogRecord) -> dict[str, str]:
     """The record's context fields: process-wide, then the bound block, then ``extra=``."""
-    fields = {**_process, **_context.get()}
+    fields = {**_process, **(_context.get() or {})}
     for key in (*CONTEXT_KEYS, *_EXTRA_KEYS):
         value = getattr(record, key, None)
         if value is not None:

@@ -270,7 +270,11 @@ class NodesOut(BaseModel):
 class QueueOut(BaseModel):
     name: str
     depth: int = Field(description="queued + scheduled + retrying")
+    queued: int
     in_flight: int = Field(description="running")
+    oldest_waiting_s: float | None = Field(description="age of the oldest queued task, seconds")
+    consumers: int = Field(description="live nodes serving the queue")
+    slots: int = Field(description="their concurrency, summed")
     succeeded: int
     failed: int
     cancelled: int

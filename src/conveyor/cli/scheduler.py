@@ -16,12 +16,14 @@ from typing import Any
 import click
 from rich.table import Table
 
+from conveyor.api.server import HttpServer, check_bind
 from conveyor.cli import render
 from conveyor.cli.main import CliContext, cli
 from conveyor.config import Settings
-from conveyor.errors import ConfigError, SerializationError
+from conveyor.errors import SerializationError
 from conveyor.message import loads
 from conveyor.model import iso
+from conveyor.operations import Operations
 from conveyor.reports import ReportConsumer
 from conveyor.scheduler.schedule_store import ScheduleStore, open_schedule_store
 from conveyor.scheduler.schedules import Schedule
@@ -45,19 +47,28 @@ log = logging.getLogger(__name__)
               show_envvar=True, help="Fires later than this are misfires [default: 2 * lease + 1].")
 @click.option("--id", "holder", envvar="CONVEYOR_SCHEDULER_ID", show_envvar=True,
               help="Replica id in the lease row; unique per replica (default host-pid-rand).")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Serve the HTTP API on a non-loopback address without CONVEYOR_API_TOKEN (a proxy in front "
+                   "must authenticate).")
 @click.pass_obj
 def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, lease_s: float, renew_s: float,
-              grace_s: float | None, holder: str | None) -> None:
-    """Run the scheduling center: periodic schedules, node watch and (by default) the HTTP API.
+              grace_s: float | None, holder: str | None, insecure_no_auth: bool) -> None:
+    """Run the scheduling center: periodic schedules, node watch, statistics and retention, and
+    (by default) the HTTP API and dashboard.
 
     Run several for high availability: one holds the lease and fires, the others stand by."""
     if renew_s >= lease_s:
         raise click.BadParameter("must be shorter than --lease", param_hint="--renew")
     settings = ctx.settings
+    host, port = _parse_bind(bind)
+    if not no_http:
+        check_bind(host, settings.api_token, insecure_no_auth)
     tasks, closers, specs = _task_service(settings, app_ref)
     schedules = open_schedule_store(settings.store_url)
+    operations = Operations(tasks, settings)
+    closers.insert(0, operations.close)
     service = SchedulerService(schedules, tasks, settings, holder=holder, lease_s=lease_s, renew_s=renew_s,
-                               misfire_grace_s=grace_s)
+                               misfire_grace_s=grace_s, maintenance=operations.maintain)
     if specs:
         declared = service.declare(specs)
         log.info("declared %d schedule(s) from %s", len(declared), app_ref)
@@ -69,7 +80,7 @@ def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, le
     reports = ReportConsumer(tasks, lease_s=settings.lease_s)
     reports.start()
     try:
-        server = None if no_http else _start_http(settings, bind, tasks)
+        server = None if no_http else _start_http(settings, host, port, tasks)
         service.run(stop)
     finally:
         reports.stop()
@@ -104,45 +115,25 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-class _HttpServer:
-    """uvicorn in a thread (it then leaves signal handling to us)."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.thread = threading.Thread(target=server.run, name="conveyor-http", daemon=True)
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        self.thread.start()
-        for _ in range(int(timeout_s / 0.05)):
-            if self.server.started:
-                return
-            if not self.thread.is_alive():
-                raise ConfigError("the HTTP API did not start (is the address in use?)")
-            self.thread.join(0.05)
-        raise ConfigError("the HTTP API did not start in time")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def _start_http(settings: Settings, bind: str, tasks: TaskService) -> _HttpServer | None:
+def _parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit():
         raise click.BadParameter("use HOST:PORT", param_hint="--http")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _start_http(settings: Settings, host: str, port: int, tasks: TaskService) -> HttpServer | None:
     try:
         from conveyor.api.app import create_app
     except ImportError as exc:
         log.warning("HTTP API unavailable (%s); running the scheduling loop only", exc)
         return None
-    import uvicorn
-
     # The API shares the loop's TaskService (thread-safe): one set of connections, the app's task defaults.
-    config = uvicorn.Config(create_app(settings=settings, service=tasks), host=host.strip("[]") or "127.0.0.1",
-                            port=int(port), log_config=None, access_log=False)
-    server = _HttpServer(uvicorn.Server(config))
+    server = HttpServer(create_app(settings=settings, service=tasks), host, port)
     server.start()
-    log.info("HTTP API on http://%s", bind)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("HTTP API and dashboard on http://%s:%d/%s", shown, port,
+             "" if settings.api_token else " (no CONVEYOR_API_TOKEN: open to anyone who can reach it)")
     return server
 
 

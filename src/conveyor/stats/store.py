@@ -7,6 +7,7 @@ Tables beside the task store's (SQLite: created here; PostgreSQL: migration 0004
     stats_totals   cumulative counters and histogram sums/counts, by (queue, type, name)
     stats_buckets  cumulative histogram buckets, by (queue, type, name, bucket)
     stats_minutes  per-minute counters and run-time buckets, by (minute, queue, name); 24 h kept
+    stats_nodes    per node: attempts started, outcomes recorded, by (node, name)
 
 ``fold()`` reads the events after the watermark (with each one's task and previous event),
 tallies them (``tally.py``) and adds the deltas and the new watermark in ONE transaction, so a
@@ -47,7 +48,7 @@ _ADVISORY_KEY = 0x636F6E73  # "cons"
 
 # One statement in each dialect; "?" becomes "%s" on PostgreSQL.
 _FOLD_SQL = """
-SELECT e.seq, e.from_status, e.to_status, e.at, e.detail, t.queue, t.type, t.eta,
+SELECT e.seq, e.from_status, e.to_status, e.at, e.detail, t.queue, t.type, t.eta, e.node,
     (SELECT p.at FROM task_events p WHERE p.task_id = e.task_id AND p.seq < e.seq ORDER BY p.seq DESC LIMIT 1),
     (SELECT p.to_status FROM task_events p WHERE p.task_id = e.task_id AND p.seq < e.seq ORDER BY p.seq DESC LIMIT 1)
 FROM task_events e LEFT JOIN tasks t ON t.id = e.task_id
@@ -60,6 +61,8 @@ _UPSERTS = {
               " ON CONFLICT (queue, type, name) DO UPDATE SET n = stats_totals.n + excluded.n",
     "buckets": "INSERT INTO stats_buckets (queue, type, name, bucket, n) VALUES (?, ?, ?, ?, ?)"
                " ON CONFLICT (queue, type, name, bucket) DO UPDATE SET n = stats_buckets.n + excluded.n",
+    "nodes": "INSERT INTO stats_nodes (node, name, n) VALUES (?, ?, ?)"
+             " ON CONFLICT (node, name) DO UPDATE SET n = stats_nodes.n + excluded.n",
     "minutes": "INSERT INTO stats_minutes (minute, queue, name, n) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (minute, queue, name) DO UPDATE SET n = stats_minutes.n + excluded.n",
 }
@@ -76,6 +79,8 @@ CREATE TABLE IF NOT EXISTS stats_buckets (queue TEXT NOT NULL, type TEXT NOT NUL
     bucket INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (queue, type, name, bucket));
 CREATE TABLE IF NOT EXISTS stats_minutes (minute INTEGER NOT NULL, queue TEXT NOT NULL, name TEXT NOT NULL,
     n REAL NOT NULL, PRIMARY KEY (minute, queue, name));
+CREATE TABLE IF NOT EXISTS stats_nodes (node TEXT NOT NULL, name TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (node, name));
 CREATE INDEX IF NOT EXISTS tasks_queued_by_queue ON tasks (queue, queued_at) WHERE status = 'queued';
 """
 
@@ -134,9 +139,10 @@ class StatsStore:
         usable = self._contiguous(watermark, rows)
         tally = Tally()
         for row in usable:
-            seq, from_status, to_status, at, detail, queue, type_, eta, prev_at, prev_status = row
+            seq, from_status, to_status, at, detail, queue, type_, eta, node, prev_at, prev_status = row
             if queue is not None:  # an event whose task is gone (SQLite keeps the newest row)
-                tally.add(FoldRow(seq, from_status, to_status, at, detail, queue, type_, eta, prev_at, prev_status))
+                tally.add(FoldRow(seq, from_status, to_status, at, detail, queue, type_, eta, prev_at, prev_status,
+                                  node))
         if usable:
             self._apply(run_many, tally)
             run(self._sql(_SET_STATE), ("watermark", usable[-1][0]))
@@ -166,6 +172,8 @@ class StatsStore:
         if tally.buckets:
             run_many(self._sql(_UPSERTS["buckets"]),
                      [(q, t, name, b, n) for (q, t, name, b), n in tally.buckets.items()])
+        if tally.nodes:
+            run_many(self._sql(_UPSERTS["nodes"]), [(node, name, n) for (node, name), n in tally.nodes.items()])
         if tally.minutes:
             run_many(self._sql(_UPSERTS["minutes"]), [(m, q, name, n) for (m, q, name), n in tally.minutes.items()])
 
@@ -224,7 +232,10 @@ class StatsStore:
         """Forget nodes whose last heartbeat is older than ``heartbeat_before`` (lost or stopped
         long ago; a live node heartbeats every few seconds)."""
         with self._transaction() as (run, _):
-            return len(run(self._sql("DELETE FROM nodes WHERE last_heartbeat < ? RETURNING id"), (heartbeat_before,)))
+            gone = run(self._sql("DELETE FROM nodes WHERE last_heartbeat < ? RETURNING id"), (heartbeat_before,))
+            if gone:
+                run("DELETE FROM stats_nodes WHERE node NOT IN (SELECT id FROM nodes)", ())
+            return len(gone)
 
     # -- reading -------------------------------------------------------------------------
     def counts(self) -> dict[str, dict[str, int]]:
@@ -243,10 +254,24 @@ class StatsStore:
         return [(q, t, name, int(b), int(n)) for q, t, name, b, n in self._read(
             "SELECT queue, type, name, bucket, n FROM stats_buckets ORDER BY queue, type, name, bucket")]
 
+    def node_totals(self) -> dict[str, dict[str, int]]:
+        """Per node: started, succeeded, failed, retried (attempts and outcomes it recorded)."""
+        result: dict[str, dict[str, int]] = {}
+        for node, name, n in self._read("SELECT node, name, n FROM stats_nodes"):
+            result.setdefault(node, {})[name] = int(n)
+        return result
+
     def minutes(self, since_minute: int) -> list[tuple[int, str, str, float]]:
         return [(int(m), q, name, float(n)) for m, q, name, n in self._read(
             self._sql("SELECT minute, queue, name, n FROM stats_minutes WHERE minute >= ? ORDER BY minute"),
             (since_minute,))]
+
+    def has_pending(self) -> bool:
+        """Whether a fold has anything to do (a cheap read; never takes the write lock)."""
+        rows = self._read("SELECT value FROM stats_state WHERE name = 'watermark'")
+        if not rows:
+            return True
+        return bool(self._read(self._sql("SELECT 1 FROM task_events WHERE seq > ? LIMIT 1"), (int(rows[0][0]),)))
 
     def pending(self) -> int:
         """Events not folded yet (how far behind the statistics are)."""

@@ -14,6 +14,8 @@ and the task's previous event) into a ``Tally`` gives:
   later, to the start of the attempt).
 - ``minutes``: per minute and queue, the same counters and run-time buckets, for the
   dashboard's last-hour chart and percentiles.
+- ``nodes``: per node, the attempts it started and the outcomes it recorded (succeeded,
+  failed, retried), for the nodes page.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
                                 300.0, 1800.0, 3600.0)
 COUNTERS = ("submitted", "started", "succeeded", "failed", "cancelled", "retried", "dead_lettered")
 HISTOGRAMS = ("run_seconds", "queue_wait_seconds")
-MINUTE_COUNTERS = ("started", "succeeded", "failed", "retried")
+MINUTE_COUNTERS = ("started", "succeeded", "failed", "cancelled", "retried")
 DEAD_LETTER_DETAIL = "unknown task type"  # the worker's event detail when it dead-letters a task
+_NODE_COUNTERS = {"running": "started", "succeeded": "succeeded", "failed": "failed", "retrying": "retried"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class FoldRow:
     eta: float | None
     prev_at: float | None  # the task's event before this one
     prev_status: str | None
+    node: str | None = None  # the node that made the change, if one did
 
 
 def bucket_of(seconds: float) -> int:
@@ -58,6 +62,7 @@ class Tally:
     totals: defaultdict[tuple[str, str, str], float] = field(default_factory=lambda: defaultdict(float))
     buckets: Counter[tuple[str, str, str, int]] = field(default_factory=Counter)
     minutes: defaultdict[tuple[int, str, str], float] = field(default_factory=lambda: defaultdict(float))
+    nodes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def add(self, row: FoldRow) -> None:
         queue, type_, to = row.queue, row.type, row.to_status
@@ -80,6 +85,8 @@ class Tally:
             self._count(queue, type_, "retried", minute)
         if to == "failed" and row.detail == DEAD_LETTER_DETAIL:
             self._count(queue, type_, "dead_lettered", minute)
+        if row.node is not None and row.from_status is not None and to in _NODE_COUNTERS:
+            self.nodes[(row.node, _NODE_COUNTERS[to])] += 1
         if row.from_status == "running" and row.prev_status == "running" and row.prev_at is not None \
                 and to in ("succeeded", "failed", "retrying"):
             run_s = max(0.0, row.at - row.prev_at)
@@ -99,7 +106,7 @@ class Tally:
         self.totals[(queue, type_, f"{name}_count")] += 1
 
     def __bool__(self) -> bool:
-        return bool(self.counts or self.totals or self.buckets or self.minutes)
+        return bool(self.counts or self.totals or self.buckets or self.minutes or self.nodes)
 
 
 def quantile(buckets: list[float], q: float) -> float | None:

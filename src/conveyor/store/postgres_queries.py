@@ -53,3 +53,9 @@ FROM q WHERE q.queue IS NOT NULL
         with _driver_errors("oldest_waiting"), self._pool.connection() as conn:
             rows = conn.execute(sql).fetchall()
         return {queue: at for queue, at in rows if at is not None}
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        with _driver_errors("finished_since"), self._pool.connection() as conn:
+            rows = conn.execute("SELECT queue, count(*) FROM tasks WHERE finished_at >= %s GROUP BY queue",
+                                (since,)).fetchall()
+        return {queue: int(n) for queue, n in rows}

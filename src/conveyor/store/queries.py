@@ -127,6 +127,10 @@ class TaskQueries(Protocol):
         """Per queue: ``queued_at`` of its oldest queued task (queues with none are absent)."""
         ...
 
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Per queue: tasks that reached a final status at or after ``since`` (recent: cheap)."""
+        ...
+
 
 def open_queries(store: object) -> TaskQueries:
     """The console queries for ``store`` (a SqliteStore or PostgresStore), on its connection."""

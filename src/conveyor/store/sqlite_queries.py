@@ -35,3 +35,9 @@ class SqliteQueries:
                 "SELECT queue, min(coalesce(queued_at, created_at)) FROM tasks WHERE status = 'queued' GROUP BY queue"
             ).fetchall()
         return {queue: at for queue, at in rows}
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        with self._db.locked() as conn:
+            rows = conn.execute("SELECT queue, count(*) FROM tasks WHERE finished_at >= ? GROUP BY queue",
+                                (since,)).fetchall()
+        return {queue: int(n) for queue, n in rows}

@@ -39,3 +39,9 @@ CREATE TABLE stats_minutes (
     n      double precision NOT NULL,
     PRIMARY KEY (minute, queue, name)
 );
+CREATE TABLE stats_nodes (
+    node text NOT NULL,
+    name text NOT NULL,
+    n    bigint NOT NULL,
+    PRIMARY KEY (node, name)
+);
