@@ -76,8 +76,10 @@ class DeadLetters(Protocol):
 
 
 def dead_letters_of(broker: Broker) -> DeadLetters:
+    """The dead letters of ``broker`` (or of the broker a lazy wrapper's ``target`` opens)."""
     from conveyor.broker.sqlite import SqliteBroker
 
+    broker = getattr(broker, "target", broker)
     if isinstance(broker, SqliteBroker):
         return _SqliteDeadLetters(broker)
     from conveyor.broker.rabbitmq import RabbitmqBroker

@@ -7,6 +7,7 @@ its leader lease over on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -18,8 +19,8 @@ from rich.table import Table
 
 from conveyor.api.server import HttpServer, check_bind
 from conveyor.cli import render
-from conveyor.cli.main import CliContext, cli
-from conveyor.config import Settings
+from conveyor.cli.main import CliContext, cli, json_option
+from conveyor.config import Settings, check_deployment
 from conveyor.errors import SerializationError
 from conveyor.message import loads
 from conveyor.model import iso
@@ -60,6 +61,7 @@ def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, le
     if renew_s >= lease_s:
         raise click.BadParameter("must be shorter than --lease", param_hint="--renew")
     settings = ctx.settings
+    check_deployment(settings)
     host, port = _parse_bind(bind)
     if not no_http:
         check_bind(host, settings.api_token, insecure_no_auth)
@@ -143,8 +145,11 @@ def schedule() -> None:
     """Manage periodic schedules (stored beside the tasks; the scheduler fires them)."""
 
 
-def _store(ctx: CliContext) -> ScheduleStore:
-    return open_schedule_store(ctx.settings.store_url)
+def _store(ctx: CliContext, *, existing: bool = False) -> ScheduleStore:
+    from conveyor import _sqlite
+
+    with _sqlite.existing_only() if existing else contextlib.nullcontext():
+        return open_schedule_store(ctx.settings.store_url)
 
 
 @schedule.command("add")
@@ -159,6 +164,7 @@ def _store(ctx: CliContext) -> ScheduleStore:
 @click.option("--queue", help="Queue (default: the type's).")
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher first.")
 @click.option("--disabled", is_flag=True, help="Create it paused.")
+@json_option
 @click.pass_obj
 def schedule_add(ctx: CliContext, name: str, task_type: str, params: str, cron: str | None, timezone: str,
                  interval_s: float | None, misfire: str, queue: str | None, priority: int | None,
@@ -181,10 +187,11 @@ def schedule_add(ctx: CliContext, name: str, task_type: str, params: str, cron: 
 
 
 @schedule.command("list")
+@json_option
 @click.pass_obj
 def schedule_list(ctx: CliContext) -> None:
     """List the schedules."""
-    store = _store(ctx)
+    store = _store(ctx, existing=True)
     try:
         _show(ctx, store.all())
     finally:
@@ -193,6 +200,7 @@ def schedule_list(ctx: CliContext) -> None:
 
 @schedule.command("rm")
 @click.argument("name")
+@json_option
 @click.pass_obj
 def schedule_rm(ctx: CliContext, name: str) -> None:
     """Delete schedule NAME (tasks it already submitted stay)."""
@@ -207,8 +215,28 @@ def schedule_rm(ctx: CliContext, name: str) -> None:
         render.console.print(f"deleted {name}")
 
 
+@schedule.command("run")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def schedule_run(ctx: CliContext, name: str) -> None:
+    """Submit one task of schedule NAME now (its fire times are left as they are)."""
+    from conveyor.app import Conveyor
+    from conveyor.scheduler.manual import run_now
+
+    store = _store(ctx)
+    app = Conveyor(settings=ctx.settings)
+    try:
+        task = run_now(app.service, store.get(name))
+    finally:
+        store.close()
+        app.close()
+    render.emit_json(task.to_dict()) if ctx.json else render.say(f"{name}: submitted task {task.id}")
+
+
 @schedule.command("enable")
 @click.argument("name")
+@json_option
 @click.pass_obj
 def schedule_enable(ctx: CliContext, name: str) -> None:
     """Resume schedule NAME (from its next fire time; missed ones are not run)."""
@@ -217,6 +245,7 @@ def schedule_enable(ctx: CliContext, name: str) -> None:
 
 @schedule.command("disable")
 @click.argument("name")
+@json_option
 @click.pass_obj
 def schedule_disable(ctx: CliContext, name: str) -> None:
     """Pause schedule NAME."""
@@ -243,4 +272,4 @@ def _show(ctx: CliContext, schedules: list[Schedule], *, one: bool = False) -> N
         when = f"{s.cron} ({s.timezone})" if s.cron else f"every {s.interval_s:g} s"
         table.add_row(s.name, s.type, when, s.misfire, "yes" if s.enabled else "[dim]no[/]",
                       iso(s.next_fire_at) or "", iso(s.last_fired_at) or "")
-    render.console.print(table)
+    render.show(table)

@@ -153,13 +153,17 @@ def open_queries(store: object) -> TaskQueries:
 
 def resolve_id(queries: TaskQueries, text: str) -> uuid.UUID:
     """A full task id, or the one task whose id starts with ``text``. Raises ``TaskNotFound``
-    (no match), ``AmbiguousId`` (several) or ``ValueError`` (not hex)."""
+    (no match, or not an id at all) or ``AmbiguousId`` (several)."""
     from conveyor.errors import TaskNotFound
 
     try:
         return uuid.UUID(text.strip())
     except ValueError:
         pass
+    try:
+        normalize_prefix(text)
+    except ValueError:
+        raise TaskNotFound(text[:40]) from None
     matches = queries.ids_with_prefix(text)
     if not matches:
         raise TaskNotFound(text[:40])

@@ -18,7 +18,7 @@ from conveyor.model import TaskStatus
 from conveyor.operations import BULK_LIMIT
 from conveyor.store.queries import TaskSearch
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operators"])
 
 
 class TaskFilterIn(BaseModel):

@@ -36,9 +36,9 @@
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
       series: [
         {},
-        { label: "succeeded / min", stroke: "#2e7d32", fill: "rgba(46,125,50,0.12)", width: 2 },
-        { label: "failed / min", stroke: "#c62828", fill: "rgba(198,40,40,0.12)", width: 2 },
-        { label: "p95 run time (s)", stroke: "#6a1b9a", dash: [6, 4], scale: "s", width: 1.5 }
+        { label: "succeeded / min", stroke: "#2e7d32", fill: "rgba(46,125,50,0.12)", width: 2, points: { show: false } },
+        { label: "failed / min", stroke: "#c62828", fill: "rgba(198,40,40,0.12)", width: 2, points: { show: false } },
+        { label: "p95 run time (s)", stroke: "#6a1b9a", dash: [6, 4], scale: "s", width: 1.5, points: { show: false } }
       ],
       axes: [{}, { label: "tasks" }, { side: 1, scale: "s", label: "seconds", grid: { show: false } }],
       scales: { s: { auto: true } }
