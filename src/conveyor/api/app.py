@@ -10,6 +10,7 @@
   and closes them on shutdown; task types then get the generic defaults unless a request says.
 - ``max_body_bytes``: request body limit (default 1 MiB; a ``settings.api_max_body_bytes``
   attribute is honoured if Settings gains one).
+- ``body_timeout_s``: a request body not all received within this is answered 408.
 
 Serve it with uvicorn: ``uvicorn.run(create_app(settings), host="127.0.0.1", port=8080)``, or
 ``uvicorn --factory conveyor.api.app:create_app``. Test clients must enter the lifespan
@@ -40,7 +41,7 @@ from conveyor import __version__, config
 from conveyor.api.auth import AuthMiddleware
 from conveyor.api.handlers import operations_of
 from conveyor.api.handlers.ops import ApiMetrics
-from conveyor.api.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, GuardMiddleware
+from conveyor.api.middleware import BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, GuardMiddleware
 from conveyor.api.routes import build_router, optional_closers
 from conveyor.api.schemas import ERROR_STATUS, ApiInputError, JsonResponse, error_kind, error_response
 from conveyor.broker import open_broker
@@ -57,7 +58,7 @@ but `/healthz` and `/readyz`. Errors are `{"error": {"type", "message", "fields"
 
 
 def create_app(settings: Settings | None = None, service: TaskService | None = None, *,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """Build the API app (see the module docstring for the arguments)."""
     settings = settings or config.load()
     limit = max_body_bytes or getattr(settings, "api_max_body_bytes", None) or DEFAULT_MAX_BODY_BYTES
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None, service: TaskService | None = N
     app.include_router(build_router())
     _mount_dashboard(app)
     # add_middleware wraps: the last added runs first.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limit)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limit, timeout_s=body_timeout_s)
     app.add_middleware(AuthMiddleware, token=settings.api_token)
     app.add_middleware(GuardMiddleware, metrics=metrics)
     return app
