@@ -50,7 +50,7 @@ def test_a_fold_waits_for_a_transaction_that_took_a_lower_seq(pg: PostgresStore,
 
 def test_search_statements_walk_an_index(pg: PostgresStore) -> None:
     pg.create_many([Task(type=f"t{i % 7}", queue=f"q{i % 3}") for i in range(500)])
-    with pg._pool.connection() as conn:  # noqa: SLF001
+    with pg._pool.connection() as conn:
         conn.execute("ANALYZE tasks")
         for search in (TaskSearch(), TaskSearch(status=TaskStatus.QUEUED), TaskSearch(type="t3"),
                        TaskSearch(queue="q1", created_after=time.time() - 60), TaskSearch(id_prefix="01")):
