@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services
+.PHONY: demo test lint bench clean services browser
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -23,12 +23,16 @@ lint: $(STAMP)
 services:
 	bash scripts/start-services.sh
 
+# Debian's Chromium and chromedriver for the dashboard's browser test (tests/e2e/test_dashboard_browser.py).
+browser:
+	bash scripts/install-debian-packages.sh --browser
+
 # pytest exits 5 when it collected no test; make treats that as the failure it is.
-test: $(STAMP) lint services
+test: $(STAMP) lint services browser
 	$(BIN)/pytest tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) conveyor.db conveyor.db-wal conveyor.db-shm
+	rm -rf $(VENV) artifacts conveyor.db conveyor.db-wal conveyor.db-shm

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor import message
+from conveyor import message, tracing
 from conveyor.broker.base import Broker
 from conveyor.errors import ConcurrentUpdate, ConveyorError, InvalidTransition, SerializationError
 from conveyor.message import Message
@@ -64,9 +64,10 @@ class TaskService:
 
     def submit_task(self, task: Task) -> tuple[Task, bool]:
         """``submit`` for a task already built (and so validated) by ``build_task``."""
-        stored, created = self.store.create(task, detail="submitted")
-        if created:
-            self._publish_or_fail([stored])
+        with tracing.submit_span(task.type, task.queue):
+            stored, created = self.store.create(task, detail="submitted")
+            if created:
+                self._publish_or_fail([stored])
         return stored, created
 
     def build_task(self, request: SubmitRequest) -> Task:
@@ -173,8 +174,11 @@ class TaskService:
 
     def submit_tasks(self, tasks: Sequence[Task]) -> list[tuple[Task, bool]]:
         """``submit_many`` for tasks already built by ``build_task``."""
-        results = self.store.create_many(tasks, detail="submitted")
-        self._publish_or_fail([task for task, created in results if created])
+        kinds = {t.type for t in tasks}
+        with tracing.submit_span(kinds.pop() if len(kinds) == 1 else "batch", tasks[0].queue if tasks else "",
+                                 count=len(tasks)):
+            results = self.store.create_many(tasks, detail="submitted")
+            self._publish_or_fail([task for task, created in results if created])
         return results
 
 
@@ -182,9 +186,10 @@ def publish_tasks(broker: Broker, tasks: Sequence[Task]) -> None:
     """Send each task's message, due at its eta: the one way a task is (re)published, whether
     submitted, retried, returned on shutdown or recovered from a dead node."""
     at = now()
+    trace = tracing.message_trace()  # the submit (or run) span this publish belongs to, if traced
     for queue in {t.queue for t in tasks}:
         broker.declare_queue(queue)
-    broker.publish_many([(message.encode(Message.for_task(t)), t.queue, t.priority,
+    broker.publish_many([(message.encode(Message.for_task(t, trace)), t.queue, t.priority,
                           max(0.0, t.eta - at) if t.eta else 0.0, None) for t in tasks])
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from conveyor import message
+from conveyor import log as log_context
+from conveyor import message, tracing
 from conveyor.broker.base import Consumer, Delivery
 from conveyor.config import Settings
 from conveyor.context import TaskContext, reset_current, set_current
@@ -229,7 +230,13 @@ class Worker:
         elif isinstance(outcome, Later):
             delivery.nack(requeue=True, delay_s=outcome.delay_s)
         elif isinstance(outcome, Run):
-            self._run(outcome.task, delivery)
+            task = outcome.task
+            # Every log line of the attempt carries the task (log.bind); its spans join the submitter's trace.
+            with log_context.bind(task_id=task.id, type=task.type, queue=task.queue), tracing.run_span(
+                    msg.trace, task_id=str(task.id), task_type=task.type, queue=task.queue, attempt=task.attempts,
+                    node=self.node_id, due_at=task.eta if task.eta and task.eta > (task.queued_at or 0)
+                    else task.queued_at):
+                self._run(task, delivery)
 
     def _run(self, task: Task, delivery: Delivery) -> None:
         flight = InFlight(task=task, delivery=delivery)

@@ -1,0 +1,90 @@
+"""Optional OpenTelemetry spans: submit, queue wait and run, linked into one trace.
+
+No hard dependency: without ``opentelemetry-api`` installed every function here is a no-op,
+and with the API but no SDK configured the spans are OpenTelemetry's own no-ops. When an
+application configures a tracer provider (``opentelemetry-sdk``, an exporter), then:
+
+- ``submit_span`` wraps a submit: span ``conveyor submit <type>`` (kind PRODUCER). The task
+  message carries its W3C context (``trace.traceparent``, docs/protocol.md), which
+  ``message_trace`` reads from the current context when a message is built.
+- ``run_span`` wraps an attempt on a worker: span ``conveyor queue wait <type>`` (from when the
+  task became due to the start, recorded after the fact) and span ``conveyor run <type>``
+  (kind CONSUMER), both children of the submit span; the run span links to the queue wait.
+  A retry published from inside the run carries the run's context, so the attempts of one
+  task chain into one trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+try:
+    from opentelemetry import context as _context
+    from opentelemetry import propagate as _propagate
+    from opentelemetry import trace as _trace
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    _trace = None  # type: ignore[assignment]
+
+TRACER_NAME = "conveyor"
+
+
+def enabled() -> bool:
+    return _trace is not None
+
+
+def _tracer() -> Any:
+    return _trace.get_tracer(TRACER_NAME)
+
+
+def message_trace() -> dict[str, str]:
+    """The current trace context as message ``trace`` fields (empty without a recording span)."""
+    if _trace is None or not _trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _propagate.inject(carrier)
+    return carrier
+
+
+@contextmanager
+def submit_span(task_type: str, queue: str, count: int = 1) -> Iterator[None]:
+    if _trace is None:
+        yield
+        return
+    attributes = {"messaging.system": "conveyor", "messaging.operation.type": "send",
+                  "messaging.destination.name": queue, "conveyor.task.type": task_type,
+                  "messaging.batch.message_count": count}
+    with _tracer().start_as_current_span(f"conveyor submit {task_type}", kind=_trace.SpanKind.PRODUCER,
+                                         attributes=attributes):
+        yield
+
+
+@contextmanager
+def run_span(trace: Mapping[str, str], *, task_id: str, task_type: str, queue: str, attempt: int, node: str,
+             due_at: float | None) -> Iterator[None]:
+    """Spans of one attempt, children of the context ``trace`` (the message's) carries."""
+    if _trace is None:
+        yield
+        return
+    parent = _propagate.extract(dict(trace)) if trace else None
+    tracer = _tracer()
+    attributes = {"messaging.system": "conveyor", "messaging.destination.name": queue,
+                  "conveyor.task.id": task_id, "conveyor.task.type": task_type, "conveyor.attempt": attempt,
+                  "conveyor.node": node}
+    links = []
+    if due_at is not None:
+        start_ns = int(min(due_at, time.time()) * 1e9)
+        wait = tracer.start_span(f"conveyor queue wait {task_type}", context=parent, start_time=start_ns,
+                                 attributes=attributes)
+        wait.end()
+        links.append(_trace.Link(wait.get_span_context()))
+    token = _context.attach(parent) if parent is not None else None
+    try:
+        with tracer.start_as_current_span(f"conveyor run {task_type}", kind=_trace.SpanKind.CONSUMER,
+                                          attributes=attributes, links=links):
+            yield
+    finally:
+        if token is not None:
+            _context.detach(token)
