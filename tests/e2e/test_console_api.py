@@ -4,6 +4,7 @@ deadlines, and /metrics checked against the store after a real run."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -23,7 +24,7 @@ from conveyor.errors import ConfigError
 from conveyor.model import TaskStatus
 from conveyor.service import TaskService
 from conveyor.store.sqlite import SqliteStore
-from tests.e2e.conftest import Workers
+from tests.e2e.conftest import REPO_ROOT, Workers
 from tests.processes import wait_for
 
 with warnings.catch_warnings():  # starlette asks for httpx2, which is not a dependency
@@ -322,3 +323,7 @@ def test_metrics_after_a_run_agree_with_the_store(workers: Workers, db_url: str,
         assert samples.get(("conveyor_tasks", (("queue", "default"), ("status", status))), 0.0) == n
     assert samples[("conveyor_queue_depth", (("queue", "default"),))] == 0
     assert samples[("conveyor_nodes", (("status", "live"),))] == 1
+    # Every series the shipped Grafana dashboard queries is one the server exposes.
+    dashboard = (REPO_ROOT / "deploy" / "grafana" / "conveyor-dashboard.json").read_text()
+    exposed = {name for name, _ in samples}
+    assert set(re.findall(r"conveyor_[a-z_]+", dashboard)) - exposed == set()

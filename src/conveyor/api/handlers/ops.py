@@ -108,11 +108,16 @@ class _ClusterCollector(Collector):
         counters = {name: CounterMetricFamily(f"conveyor_tasks_{name}", help_text, labels=["queue", "type"])
                     for name, help_text in _COUNTER_HELP.items()}
         sums: dict[tuple[str, str, str], float] = {}
+        values: dict[tuple[str, str], dict[str, float]] = {}
         for queue, type_, name, n in ops.stats.totals():
             if name in counters:
-                counters[name].add_metric([queue, type_], n)
+                values.setdefault((queue, type_), {})[name] = n
             elif name.endswith("_sum"):
                 sums[(queue, type_, name[:-4])] = n
+        # Every counter for every (queue, type) seen, zeros included: rate() needs the series.
+        for (queue, type_), by_name in sorted(values.items()):
+            for name, family in counters.items():
+                family.add_metric([queue, type_], by_name.get(name, 0.0))
         yield from counters.values()
         buckets: dict[tuple[str, str, str], list[float]] = {}
         for queue, type_, name, bucket, n in ops.stats.buckets():
