@@ -271,7 +271,10 @@ class StatsStore:
         rows = self._read("SELECT value FROM stats_state WHERE name = 'watermark'")
         if not rows:
             return True
-        return bool(self._read(self._sql("SELECT 1 FROM task_events WHERE seq > ? LIMIT 1"), (int(rows[0][0]),)))
+        # ORDER BY seq: an index probe even under a generic plan (without it PostgreSQL's generic
+        # plan may scan the whole table to find that nothing is newer).
+        return bool(self._read(self._sql("SELECT seq FROM task_events WHERE seq > ? ORDER BY seq LIMIT 1"),
+                               (int(rows[0][0]),)))
 
     def pending(self) -> int:
         """Events not folded yet (how far behind the statistics are)."""

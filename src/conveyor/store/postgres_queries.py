@@ -1,6 +1,9 @@
 """The console queries (``store/queries.py``) on the PostgreSQL store, on its connection pool.
 
-Each statement walks one index in id order (see migration 0004 for the indexes it relies on)."""
+Each statement walks one index in id order (see migration 0004 for the indexes it relies on).
+The store's connections force generic plans (right for the worker's writes, which look up one
+id); a search is planned for its own values instead (``force_custom_plan``, set for its
+transaction only), so a rare queue or a rare status picks the index that finds it fast."""
 
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ class PostgresQueries:
     def search(self, search: TaskSearch, *, limit: int = 50, cursor: uuid.UUID | None = None) -> Page:
         limit = max(1, min(limit, MAX_PAGE))
         sql, params = self.search_sql(search, limit=limit, cursor=cursor)
-        with _driver_errors("search"), self._pool.connection() as conn:
+        with _driver_errors("search"), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             tasks = conn.cursor(row_factory=_task_rows).execute(sql, params).fetchall()
         return Page(tasks, tasks[-1].id if len(tasks) == limit else None)
 

@@ -1,6 +1,11 @@
 -- The console (issue 10): statistics tables and the one index the overview needs.
--- Search and keyset paging reuse the (column, id) indexes of 0001; see docs/console.md for
--- what each index costs the worker's status changes (bench/console_bench.py measures it).
+-- Search and keyset paging reuse the (column, id) indexes of 0001 (a search is planned for its
+-- own values, so a rare queue or status finds its index); see docs/console.md for what the index
+-- costs the worker's status changes (bench/console_bench.py measures it).
+
+-- Task types usually belong to one queue: without this the planner multiplies their
+-- frequencies as if independent and misjudges a "type and queue" filter. Costs only ANALYZE.
+CREATE STATISTICS tasks_status_type_queue (dependencies, mcv) ON status, type, queue FROM tasks;
 
 -- The oldest waiting task per queue, without walking the queue's finished tasks. Partial: only
 -- a status change INTO 'queued' adds an entry, so it costs the hot path little.
