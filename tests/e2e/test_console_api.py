@@ -20,7 +20,7 @@ from conveyor.api.auth import CSRF_HEADER, SESSION_COOKIE
 from conveyor.api.server import GuardedH11Protocol, HttpServer, check_bind
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.config import Settings
-from conveyor.errors import ConfigError
+from conveyor.errors import ConfigError, TaskNotFound
 from conveyor.model import TaskStatus
 from conveyor.service import TaskService
 from conveyor.store.sqlite import SqliteStore
@@ -327,3 +327,34 @@ def test_metrics_after_a_run_agree_with_the_store(workers: Workers, db_url: str,
     dashboard = (REPO_ROOT / "deploy" / "grafana" / "conveyor-dashboard.json").read_text()
     exposed = {name for name, _ in samples}
     assert set(re.findall(r"conveyor_[a-z_]+", dashboard)) - exposed == set()
+
+
+# -- retention --------------------------------------------------------------------------------
+def test_the_scheduler_leader_prunes_past_retention_and_forgets_old_nodes(service: TaskService,
+                                                                            db_url: str) -> None:
+    from conveyor.model import NodeInfo, Task
+    from conveyor.operations import Operations
+    from conveyor.scheduler import SchedulerService, open_schedule_store
+
+    settings = Settings(broker_url=db_url, store_url=db_url, retention_s=60, node_retention_s=3600)
+    at = time.time()
+    old, _ = service.store.create(Task(type="old", status=TaskStatus.SUCCEEDED, finished_at=at - 120))
+    recent, _ = service.store.create(Task(type="recent", status=TaskStatus.FAILED, finished_at=at - 10))
+    waiting, _ = service.store.create(Task(type="waiting", created_at=at - 10 * 86400))
+    for node_id, beat in (("gone", at - 7200), ("here", at)):
+        service.store.upsert_node(NodeInfo(id=node_id, host="h", pid=1, queues=("default",), concurrency=1,
+                                           started_at=at - 9000, last_heartbeat=beat, status="stopped"))
+    ops = Operations(service, settings)
+    schedules = open_schedule_store(db_url)
+    leader = SchedulerService(schedules, service, settings, maintenance=ops.maintain)
+    try:
+        leader.step()
+    finally:
+        schedules.close()
+        ops.close()
+    assert leader.is_leader
+    with pytest.raises(TaskNotFound):
+        service.get(old.id)
+    assert service.store.events(old.id) == []
+    assert service.get(recent.id).type == "recent" and service.get(waiting.id).type == "waiting"
+    assert [n.id for n in service.nodes()] == ["here"]

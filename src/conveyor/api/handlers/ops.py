@@ -116,8 +116,8 @@ class _ClusterCollector(Collector):
                 sums[(queue, type_, name[:-4])] = n
         # Every counter for every (queue, type) seen, zeros included: rate() needs the series.
         for (queue, type_), by_name in sorted(values.items()):
-            for name, family in counters.items():
-                family.add_metric([queue, type_], by_name.get(name, 0.0))
+            for name, counter in counters.items():
+                counter.add_metric([queue, type_], by_name.get(name, 0.0))
         yield from counters.values()
         buckets: dict[tuple[str, str, str], list[float]] = {}
         for queue, type_, name, bucket, n in ops.stats.buckets():
