@@ -9,7 +9,8 @@ Tables beside the task store's (SQLite: created here; PostgreSQL: migration 0004
     stats_minutes  per-minute counters and run-time buckets, by (minute, queue, name); 24 h kept
     stats_nodes    per node: attempts started, outcomes recorded, by (node, name)
 
-``fold()`` reads the events after the watermark (with each one's task and previous event),
+``fold()`` reads the events after the watermark (with each one's task and previous event: from
+the batch itself where it holds both, else one index probe),
 tallies them (``tally.py``) and adds the deltas and the new watermark in ONE transaction, so a
 crash never counts an event twice or loses one. Folds are serialized (SQLite: the write lock;
 PostgreSQL: an advisory lock), so any process may fold; the scheduler leader does it every
@@ -48,11 +49,20 @@ _ADVISORY_KEY = 0x636F6E73  # "cons"
 
 # One statement in each dialect; "?" becomes "%s" on PostgreSQL.
 _FOLD_SQL = """
-SELECT e.seq, e.from_status, e.to_status, e.at, e.detail, t.queue, t.type, t.eta, e.node,
-    (SELECT p.at FROM task_events p WHERE p.task_id = e.task_id AND p.seq < e.seq ORDER BY p.seq DESC LIMIT 1),
-    (SELECT p.to_status FROM task_events p WHERE p.task_id = e.task_id AND p.seq < e.seq ORDER BY p.seq DESC LIMIT 1)
-FROM task_events e LEFT JOIN tasks t ON t.id = e.task_id
-WHERE e.seq > ? ORDER BY e.seq LIMIT ?
+WITH b AS (
+    SELECT seq, task_id, from_status, to_status, at, detail, node,
+        lag(at) OVER w AS prev_at, lag(to_status) OVER w AS prev_status
+    FROM (SELECT * FROM task_events WHERE seq > ? ORDER BY seq LIMIT ?) e
+    WINDOW w AS (PARTITION BY task_id ORDER BY seq)
+)
+SELECT b.seq, b.from_status, b.to_status, b.at, b.detail, t.queue, t.type, t.eta, b.node,
+    CASE WHEN b.from_status IS NULL THEN NULL ELSE coalesce(b.prev_at, (
+        SELECT p.at FROM task_events p WHERE p.task_id = b.task_id AND p.seq < b.seq ORDER BY p.seq DESC LIMIT 1)) END,
+    CASE WHEN b.from_status IS NULL THEN NULL ELSE coalesce(b.prev_status, (
+        SELECT p.to_status FROM task_events p WHERE p.task_id = b.task_id AND p.seq < b.seq
+        ORDER BY p.seq DESC LIMIT 1)) END
+FROM b LEFT JOIN tasks t ON t.id = b.task_id
+ORDER BY b.seq
 """
 _UPSERTS = {
     "counts": "INSERT INTO stats_counts (queue, status, n) VALUES (?, ?, ?)"
