@@ -1,8 +1,9 @@
 """Optional OpenTelemetry spans: submit, queue wait and run, linked into one trace.
 
-No hard dependency: without ``opentelemetry-api`` installed every function here is a no-op,
-and with the API but no SDK configured the spans are OpenTelemetry's own no-ops. When an
-application configures a tracer provider (``opentelemetry-sdk``, an exporter), then:
+No hard dependency, and no cost where unused: OpenTelemetry is only used once the application
+has imported it (to configure a tracer provider, it must), so a worker that does not trace
+never loads it; with the API but no SDK configured the spans are OpenTelemetry's own no-ops.
+When an application configures a tracer provider (``opentelemetry-sdk``, an exporter), then:
 
 - ``submit_span`` wraps a submit: span ``conveyor submit <type>`` (kind PRODUCER). The task
   message carries its W3C context (``trace.traceparent``, docs/protocol.md), which
@@ -16,48 +17,49 @@ application configures a tracer provider (``opentelemetry-sdk``, an exporter), t
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
-
-try:
-    from opentelemetry import context as _context
-    from opentelemetry import propagate as _propagate
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover - exercised where the extra is not installed
-    _trace = None  # type: ignore[assignment]
 
 TRACER_NAME = "conveyor"
 
 
+def _otel() -> ModuleType | None:
+    """``opentelemetry.trace`` if the application loaded it, else None."""
+    return sys.modules.get("opentelemetry.trace")
+
+
 def enabled() -> bool:
-    return _trace is not None
-
-
-def _tracer() -> Any:
-    return _trace.get_tracer(TRACER_NAME)
+    return _otel() is not None
 
 
 def message_trace() -> dict[str, str]:
     """The current trace context as message ``trace`` fields (empty without a recording span)."""
-    if _trace is None or not _trace.get_current_span().get_span_context().is_valid:
+    trace = _otel()
+    if trace is None or not trace.get_current_span().get_span_context().is_valid:
         return {}
+    from opentelemetry import propagate
+
     carrier: dict[str, str] = {}
-    _propagate.inject(carrier)
+    propagate.inject(carrier)
     return carrier
 
 
 @contextmanager
 def submit_span(task_type: str, queue: str, count: int = 1) -> Iterator[None]:
-    if _trace is None:
+    trace = _otel()
+    if trace is None:
         yield
         return
     attributes = {"messaging.system": "conveyor", "messaging.operation.type": "send",
                   "messaging.destination.name": queue, "conveyor.task.type": task_type,
                   "messaging.batch.message_count": count}
-    with _tracer().start_as_current_span(f"conveyor submit {task_type}", kind=_trace.SpanKind.PRODUCER,
-                                         attributes=attributes):
+    tracer: Any = trace.get_tracer(TRACER_NAME)
+    with tracer.start_as_current_span(f"conveyor submit {task_type}", kind=trace.SpanKind.PRODUCER,
+                                      attributes=attributes):
         yield
 
 
@@ -65,11 +67,14 @@ def submit_span(task_type: str, queue: str, count: int = 1) -> Iterator[None]:
 def run_span(trace: Mapping[str, str], *, task_id: str, task_type: str, queue: str, attempt: int, node: str,
              due_at: float | None) -> Iterator[None]:
     """Spans of one attempt, children of the context ``trace`` (the message's) carries."""
-    if _trace is None:
+    otel = _otel()
+    if otel is None:
         yield
         return
-    parent = _propagate.extract(dict(trace)) if trace else None
-    tracer = _tracer()
+    from opentelemetry import context, propagate
+
+    parent = propagate.extract(dict(trace)) if trace else None
+    tracer: Any = otel.get_tracer(TRACER_NAME)
     attributes = {"messaging.system": "conveyor", "messaging.destination.name": queue,
                   "conveyor.task.id": task_id, "conveyor.task.type": task_type, "conveyor.attempt": attempt,
                   "conveyor.node": node}
@@ -79,12 +84,12 @@ def run_span(trace: Mapping[str, str], *, task_id: str, task_type: str, queue: s
         wait = tracer.start_span(f"conveyor queue wait {task_type}", context=parent, start_time=start_ns,
                                  attributes=attributes)
         wait.end()
-        links.append(_trace.Link(wait.get_span_context()))
-    token = _context.attach(parent) if parent is not None else None
+        links.append(otel.Link(wait.get_span_context()))
+    token = context.attach(parent) if parent is not None else None
     try:
-        with tracer.start_as_current_span(f"conveyor run {task_type}", kind=_trace.SpanKind.CONSUMER,
+        with tracer.start_as_current_span(f"conveyor run {task_type}", kind=otel.SpanKind.CONSUMER,
                                           attributes=attributes, links=links):
             yield
     finally:
         if token is not None:
-            _context.detach(token)
+            context.detach(token)
