@@ -8,6 +8,11 @@ transaction only), so a rare queue or a rare status picks the index that finds i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
 
 from conveyor.model import Page
 from conveyor.store.postgres import _COLS, PostgresStore, _driver_errors, _task_rows
@@ -25,17 +30,23 @@ class PostgresQueries:
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         return f"SELECT {_COLS} FROM tasks {clause}ORDER BY id DESC LIMIT %s", [*params, limit]
 
+    @contextmanager
+    def _planned(self, action: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection whose statements are planned for their own values (this transaction only)."""
+        with _driver_errors(action), self._pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            yield conn
+
     def search(self, search: TaskSearch, *, limit: int = 50, cursor: uuid.UUID | None = None) -> Page:
         limit = max(1, min(limit, MAX_PAGE))
         sql, params = self.search_sql(search, limit=limit, cursor=cursor)
-        with _driver_errors("search"), self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        with self._planned("search") as conn:
             tasks = conn.cursor(row_factory=_task_rows).execute(sql, params).fetchall()
         return Page(tasks, tasks[-1].id if len(tasks) == limit else None)
 
     def ids_with_prefix(self, prefix: str, limit: int = 6) -> list[uuid.UUID]:
         where, params = where_clause(TaskSearch(id_prefix=normalize_prefix(prefix)), None, "%s")
-        with _driver_errors("ids_with_prefix"), self._pool.connection() as conn:
+        with self._planned("ids_with_prefix") as conn:
             rows = conn.execute(f"SELECT id FROM tasks WHERE {' AND '.join(where)} ORDER BY id LIMIT %s",
                                 (*params, limit)).fetchall()
         return [r[0] for r in rows]
@@ -59,7 +70,7 @@ FROM q WHERE q.queue IS NOT NULL
         return {queue: at for queue, at in rows if at is not None}
 
     def finished_since(self, since: float) -> dict[str, int]:
-        with _driver_errors("finished_since"), self._pool.connection() as conn:
+        with self._planned("finished_since") as conn:  # a generic plan would walk every finished task
             rows = conn.execute("SELECT queue, count(*) FROM tasks WHERE finished_at >= %s GROUP BY queue",
                                 (since,)).fetchall()
         return {queue: int(n) for queue, n in rows}
