@@ -12,9 +12,10 @@ per finished task), then every query runs ``--repeats`` times (after one warm-up
 gives p50 / p95 / p99 in milliseconds. The target is p99 < 50 ms. Results also go to
 ``bench/results/console-<date>.json``. Dropped afterwards: the schema, the file.
 
-Write cost: 3 x 7,000 queued tasks are claimed and finished (``start_attempt`` then ``update``
-to succeeded, 8 threads) with migration 0004's partial index, without it, and with it again,
-and the statistics fold of those events is timed.
+Write cost: queued tasks are claimed and finished (``start_attempt`` then ``update`` to
+succeeded, 8 threads) in rounds of 3,000 that alternate with and without migration 0004's
+partial index (3 rounds each; the median rate of each is shown), and the statistics fold of
+those events is timed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -51,7 +53,8 @@ QUEUES = ["default", "email", "reports", "billing", "rare"]
 QUEUE_WEIGHTS = [0.55, 0.25, 0.12, 0.079, 0.001]
 NODES = [f"node-{i}" for i in range(10)]
 SPAN_S = 7 * 86400
-WRITE_TASKS = 21_000
+WRITE_ROUNDS = 3  # of each condition
+WRITE_TASKS_PER_ROUND = 3000
 CONSOLE_INDEX = "tasks_queued_by_queue ON tasks (queue, queued_at) WHERE status = 'queued'"  # migration 0004
 
 
@@ -204,32 +207,36 @@ def query_cases(ops: Operations, store: Any) -> list[tuple[str, Callable[[], Any
 
 
 def write_cost(store: Any, stats: Any, toggle_index: Callable[[bool], None] | None, label: str) -> dict[str, Any]:
-    """Claim and finish tasks from 8 threads with the 0004 index, without it, and with it again
-    (the machine is shared: the repeat shows the noise); returns rates and fold times."""
+    """Claim and finish tasks from 8 threads in rounds that alternate with and without the 0004
+    index (interleaved, so the shared machine's drift weighs on both alike); the median rate of
+    each, and the fold time per 1,000 events."""
     stats.fold_all()
+    rounds = [True, False] * WRITE_ROUNDS if toggle_index is not None else [True] * WRITE_ROUNDS
     tasks = [Task(type="bench.write", queue="bench", status=TaskStatus.QUEUED, queued_at=time.time())
-             for _ in range(WRITE_TASKS)]
+             for _ in range(WRITE_TASKS_PER_ROUND * len(rounds))]
     for start in range(0, len(tasks), 1000):
         store.create_many(tasks[start:start + 1000])
-    results: dict[str, Any] = {}
-    third = WRITE_TASKS // 3
-    phases = (("with the 0004 index", tasks[:third], True), ("without it", tasks[third:2 * third], False),
-              ("with it again", tasks[2 * third:], True))
-    for phase, chunk, indexed in phases:
-        if toggle_index is None and not indexed:
-            continue  # SQLite: the index is part of the statistics' own schema
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    folds: list[float] = []
+    for n, indexed in enumerate(rounds):
         if toggle_index is not None:
             toggle_index(indexed)
+        chunk = tasks[n * WRITE_TASKS_PER_ROUND:(n + 1) * WRITE_TASKS_PER_ROUND]
         stats.fold_all()
-        elapsed = _claim_and_finish(store, chunk)
+        rates[indexed].append(len(chunk) / _claim_and_finish(store, chunk))
         fold_started = time.perf_counter()
         folded = stats.fold_all(max_batches=1000)
-        fold_s = time.perf_counter() - fold_started
-        per_1000 = fold_s * 1000 / max(folded, 1) * 1000
-        results[phase] = {"tasks": len(chunk), "seconds": round(elapsed, 3),
-                          "tasks_per_s": round(len(chunk) / elapsed, 1),
-                          "fold_events": folded, "fold_ms_per_1000_events": round(per_1000, 2)}
-        print(f"  {label} write cost {phase}: {results[phase]}", file=sys.stderr)
+        folds.append((time.perf_counter() - fold_started) * 1000 / max(folded, 1) * 1000)
+    if toggle_index is not None:
+        toggle_index(True)
+    results: dict[str, Any] = {}
+    for indexed, label_text in ((True, "with the 0004 index"), (False, "without it")):
+        if rates[indexed]:
+            results[label_text] = {"tasks": WRITE_TASKS_PER_ROUND * len(rates[indexed]),
+                                   "tasks_per_s": round(statistics.median(rates[indexed]), 1),
+                                   "rounds": [round(r, 1) for r in rates[indexed]],
+                                   "fold_ms_per_1000_events": round(statistics.median(folds), 2)}
+    print(f"  {label} write cost: {results}", file=sys.stderr)
     return results
 
 
@@ -347,12 +354,12 @@ def table(results: list[dict[str, Any]]) -> str:
                 ok = "(not a dashboard query)"
             lines.append(f"| {result['backend']} ({result['tasks']:,}) | {row['query']} | {row['p50_ms']:.2f} | "
                          f"{row['p95_ms']:.2f} | {row['p99_ms']:.2f} | {ok} |")
-    lines += ["", "| backend | status changes (claim + finish, 8 threads) | tasks | tasks/s | "
-                  "fold ms per 1,000 events |", "|---|---|---|---|---|"]
+    lines += ["", "| backend | status changes (claim + finish, 8 threads) | tasks | tasks/s (median) | rounds | "
+                  "fold ms per 1,000 events |", "|---|---|---|---|---|---|"]
     for result in results:
         for phase, w in result["write_cost"].items():
             lines.append(f"| {result['backend']} | {phase} | {w['tasks']:,} | {w['tasks_per_s']:,} | "
-                         f"{w['fold_ms_per_1000_events']} |")
+                         f"{', '.join(f'{r:,.0f}' for r in w['rounds'])} | {w['fold_ms_per_1000_events']} |")
     return "\n".join(lines)
 
 
