@@ -1,4 +1,5 @@
-"""Conveyor beside Celery, Dramatiq, Huey and raw AMQP on the same local servers, in one run.
+"""Conveyor beside Celery, Dramatiq, Huey, PgQueuer, Procrastinate and raw AMQP on the same local
+servers, in one run.
 
     .venv/bin/python bench/run.py [--tasks N] [--repeats R] [--only submit,drain,...] [--quick]
 
@@ -23,8 +24,8 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import infra, report
+from benchlib.cases import SCENARIOS, Case, Metrics, build
 from benchlib.procs import Procs
-from benchlib.scenarios import SCENARIOS, Case, Metrics, build
 from benchlib.systems import Scope, remove_tree
 
 
@@ -33,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, help="tasks per configuration (default 20000; --quick 2000)")
     parser.add_argument("--repeats", type=int, help="repeats, interleaved (default 3; --quick 1)")
     parser.add_argument("--only", help=f"comma-separated scenarios: {','.join(SCENARIOS)}")
+    parser.add_argument("--cases", help="comma-separated parts of case ids to keep (drain/pgqueuer,latency/conv)")
     parser.add_argument("--quick", action="store_true", help="N=2000, 1 repeat, 3 s latency runs")
     parser.add_argument("--latency-s", type=float, help="seconds per latency run (default 5; --quick 3)")
     parser.add_argument("--max-submit-s", type=float, default=30.0,
@@ -79,6 +81,8 @@ def execute(case: Case, tag: str, tmp: Path, procs: Procs, max_s: float) -> Metr
 def summary(metrics: Metrics) -> str:
     if "error" in metrics:
         return f"FAILED {metrics['error']}"
+    if "skipped" in metrics:
+        return f"skipped: {metrics['skipped']}"
     return ", ".join(f"{k}={v:,.2f}" if v < 100 else f"{k}={v:,.0f}" for k, v in metrics.items()
                      if isinstance(v, int | float))
 
@@ -124,7 +128,7 @@ def write_results(out: Path, args: argparse.Namespace, machine: dict[str, object
     out.parent.mkdir(parents=True, exist_ok=True)
     data = {"date": started.date().isoformat(), "started": started.isoformat(timespec="seconds"),
             "duration_s": round((dt.datetime.now() - started).total_seconds(), 1),
-            "args": {"tasks": args.tasks, "repeats": args.repeats, "only": args.only,
+            "args": {"tasks": args.tasks, "repeats": args.repeats, "only": args.only, "cases": args.cases,
                      "quick": args.quick, "latency_s": args.latency_s,
                      "max_submit_s": args.max_submit_s, "memory_s": args.memory_s},
             "machine": machine, "cases": report.payload(cases, raw), "table": table}
@@ -141,6 +145,8 @@ def default_out(args: argparse.Namespace, today: dt.date) -> Path:
     suffix = "-quick" if args.quick else ("" if args.tasks == 20000 else f"-n{args.tasks}")
     if args.only:
         suffix += "-" + "-".join(sorted(args.only_set))
+    if args.cases:
+        suffix += "-cases"
     return infra.BENCH / "results" / f"{today.isoformat()}{suffix}"
 
 
@@ -156,6 +162,9 @@ def main() -> None:
     started = dt.datetime.now()
     machine = infra.machine_info()
     cases = build(args.tasks, args.latency_s, args.memory_s, args.only_set)
+    if args.cases:
+        parts = [p.strip() for p in args.cases.split(",")]
+        cases = [c for c in cases if any(p in c.id for p in parts)]
     tmp = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     procs = Procs(tmp)
     infra.log(f"{len(cases)} configurations x {args.repeats} repeat(s), N={args.tasks:,}; logs in {tmp}")

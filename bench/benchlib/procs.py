@@ -11,6 +11,9 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from benchlib import cpu
 
 
 class BenchError(RuntimeError):
@@ -35,28 +38,41 @@ class Procs:
         self.running.append(proc)
         return proc
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str], name: str, timeout_s: float) -> dict[str, float]:
+    def run(self, argv: Sequence[str], env: Mapping[str, str], name: str, timeout_s: float) -> dict[str, Any]:
         """Run a client to completion; its last stdout line is a JSON object."""
-        log = self._log(name)
-        with log.open("wb") as err:
-            proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        return self.run_many([(argv, env, name)], timeout_s)[0]
+
+    def run_many(self, jobs: Sequence[tuple[Sequence[str], Mapping[str, str], str]],
+                 timeout_s: float) -> list[dict[str, Any]]:
+        """Run clients side by side to completion; each one's last stdout line is a JSON object."""
+        started: list[tuple[subprocess.Popen[bytes], Path, str]] = []
+        for argv, env, name in jobs:
+            log = self._log(name)
+            with log.open("wb") as err:
+                proc = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=err,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
             self.running.append(proc)
-            try:
-                out, _ = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.stop([proc], grace_s=1)
-                raise BenchError(f"{name} took longer than {timeout_s:.0f} s (log {log})") from None
-            finally:
-                if proc in self.running and proc.poll() is not None:
+            started.append((proc, log, name))
+        deadline = time.monotonic() + timeout_s
+        results = []
+        try:
+            for proc, log, name in started:
+                try:
+                    out, _ = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise BenchError(f"{name} took longer than {timeout_s:.0f} s (log {log})") from None
+                if proc.returncode != 0:
+                    raise BenchError(f"{name} exited {proc.returncode}: {tail(log)}")
+                lines = out.decode().strip().splitlines()
+                if not lines:
+                    raise BenchError(f"{name} printed no result: {tail(log)}")
+                results.append(json.loads(lines[-1]))
+        finally:
+            self.stop([p for p, _, _ in started if p.poll() is None], grace_s=1)
+            for proc, _, _ in started:
+                if proc in self.running:
                     self.running.remove(proc)
-        if proc.returncode != 0:
-            raise BenchError(f"{name} exited {proc.returncode}: {tail(log)}")
-        lines = out.decode().strip().splitlines()
-        if not lines:
-            raise BenchError(f"{name} printed no result: {tail(log)}")
-        result: dict[str, float] = json.loads(lines[-1])
-        return result
+        return results
 
     def stop(self, procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:
         """SIGTERM each process group, wait up to ``grace_s``, then SIGKILL what is left."""
@@ -87,39 +103,18 @@ def tail(path: Path, lines: int = 2) -> str:
         return "(no log)"
 
 
-def descendants(root: int) -> list[int]:
-    """``root`` and every process below it, from /proc parent links."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def memory_mb(roots: Sequence[int]) -> dict[str, float]:
     """RSS and PSS summed over the process trees under ``roots``, in MiB.
     RSS counts pages shared by forked children once per process; PSS splits them."""
     rss_kb = pss_kb = 0
     count = 0
-    for root in roots:
-        for pid in descendants(root):
-            try:
-                rss_kb += _field_kb(Path(f"/proc/{pid}/status"), "VmRSS:")
-                pss_kb += _field_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
-                count += 1
-            except OSError:
-                continue
+    for pid in cpu.tree(cpu.proc_table(), roots):
+        try:
+            rss_kb += _field_kb(Path(f"/proc/{pid}/status"), "VmRSS:")
+            pss_kb += _field_kb(Path(f"/proc/{pid}/smaps_rollup"), "Pss:")
+            count += 1
+        except OSError:
+            continue
     return {"rss_mib": rss_kb / 1024, "pss_mib": pss_kb / 1024, "processes": count}
 
 

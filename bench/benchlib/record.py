@@ -43,3 +43,8 @@ def read(record_dir: str | Path) -> list[tuple[float, float]]:
             rows.append((float(start), float(sent)))
     rows.sort()
     return rows
+
+
+def processes(record_dir: str | Path) -> int:
+    """How many processes have recorded a task under ``record_dir``."""
+    return sum(1 for entry in os.scandir(record_dir) if entry.name.endswith(".rec") and entry.stat().st_size)

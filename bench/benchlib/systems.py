@@ -12,11 +12,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from benchlib import infra, record
+from benchlib import cpu, infra, record
+from benchlib.pace import merge_paced
 from benchlib.procs import BenchError, Procs
 
 Popen = subprocess.Popen[bytes]
+Result = dict[str, Any]
+
+CLIENT_START_S = 4.0  # paced clients start their schedule this long after launch (imports, warm-up)
+IN_FLIGHT = 64  # "many in flight": threads or coroutines submitting at once
 
 
 @dataclass
@@ -35,32 +41,52 @@ class Scope:
     def record_dir(self) -> Path:
         return self.root / "records"
 
-    def env(self) -> dict[str, str]:
-        return {**infra.base_env(self.record_dir, self.queue), **self.extra_env}
+    def env(self, **more: str) -> dict[str, str]:
+        return {**infra.base_env(self.record_dir, self.queue), **self.extra_env, **more}
 
 
 class System:
     """Base adapter; subclasses fill in the commands."""
 
     family = ""
+    uses: tuple[str, ...] = ()  # servers its tasks go through: "broker", "pg", "redis"
+    processes = 1  # worker processes that run tasks (each writes its own record file)
+    client_env: dict[str, str] = {}  # added to every client's environment
 
     def prepare(self, scope: Scope) -> None:
         scope.record_dir.mkdir(parents=True, exist_ok=True)
 
-    def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
+    def client_argv(self, args: list[str]) -> list[str]:
         raise NotImplementedError
 
-    def submit(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+    def client(self, scope: Scope, args: list[str], name: str, n: int, **env: str) -> Result:
+        return scope.procs.run(self.client_argv(args), scope.env(**self.client_env, **env),
+                               f"{self.family}-{name}", client_timeout(n))
+
+    def submit(self, scope: Scope, n: int, max_s: float | None = None) -> Result:
         """N durable submits, one at a time (the submit scenario); ``n`` in the result is how
         many went out before the time cap."""
         return self.client(scope, ["submit", "--n", str(n), "--max-s", str(max_s or scope.max_s)], "submit", n)
 
-    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+    def in_flight(self, scope: Scope, n: int) -> Result:
+        """N durable submits from one process, IN_FLIGHT at a time, without batching."""
+        raise BenchError(f"{self.family} has no many-in-flight client")
+
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> Result:
         """Queue N tasks as fast as this system allows (drain and memory set-up; not a result)."""
         return self.submit(scope, n, max_s)
 
-    def paced(self, scope: Scope, n: int, rate: float) -> dict[str, float]:
-        return self.client(scope, ["paced", "--n", str(n), "--rate", str(rate)], f"paced{rate:.0f}", n)
+    def paced(self, scope: Scope, n: int, rate: float, clients: int = 1, threads: int = 16,
+              start_in: float = CLIENT_START_S) -> Result:
+        """N submits at ``rate``/s, one schedule shared by ``clients`` processes (each with
+        ``threads`` threads, or asyncio for async clients), starting ``start_in`` s from now."""
+        start_at = time.time() + start_in
+        common = ["paced", "--n", str(n), "--rate", str(rate), "--of", str(clients), "--threads", str(threads),
+                  "--start-at", f"{start_at:.6f}"]
+        env = scope.env(**self.client_env)
+        jobs = [(self.client_argv([*common, "--shard", str(k)]), env, f"{self.family}-paced{rate:.0f}-{k}")
+                for k in range(clients)]
+        return merge_paced(scope.procs.run_many(jobs, client_timeout(n) + start_in), rate)
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         raise NotImplementedError
@@ -77,6 +103,7 @@ class ConveyorAmqp(System):
     """Conveyor distributed: RabbitMQ broker, PostgreSQL store (a schema per case)."""
 
     family = "conveyor"
+    uses: tuple[str, ...] = ("broker", "pg")
 
     def __init__(self, processes: int = 1, concurrency: int = 8) -> None:
         self.processes = processes
@@ -90,15 +117,22 @@ class ConveyorAmqp(System):
         infra.create_schema(scope.tag, migrate=True)
         scope.extra_env.update(self.urls(scope), CONVEYOR_GRACE_S="3", CONVEYOR_LOG_LEVEL="WARNING")
 
-    def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
-        return scope.procs.run([sys.executable, "-m", "conveyor_bench.client", *args], scope.env(),
-                               f"conveyor-{name}", client_timeout(n))
+    def client_argv(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "conveyor_bench.client", *args]
 
-    def submit_many(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+    def submit_many(self, scope: Scope, n: int, max_s: float | None = None) -> Result:
         return self.client(scope, ["submit-many", "--n", str(n), "--max-s", str(max_s or scope.max_s)],
                            "submit-many", n)
 
-    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+    def in_flight(self, scope: Scope, n: int) -> Result:
+        return self.client(scope, ["threads", "--n", str(n), "--threads", str(IN_FLIGHT), "--max-s",
+                                   str(scope.max_s)], "threads", n)
+
+    def in_flight_async(self, scope: Scope, n: int) -> Result:
+        return self.client(scope, ["async", "--n", str(n), "--in-flight", str(IN_FLIGHT), "--max-s",
+                                   str(scope.max_s)], "async", n)
+
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> Result:
         return self.submit_many(scope, n, max_s)
 
     def start_workers(self, scope: Scope) -> list[Popen]:
@@ -115,6 +149,8 @@ class ConveyorAmqp(System):
 class ConveyorSqlite(ConveyorAmqp):
     """Conveyor embedded: broker and store in one SQLite file under the case's temp dir."""
 
+    uses: tuple[str, ...] = ()
+
     def urls(self, scope: Scope) -> dict[str, str]:
         url = f"sqlite:///{scope.root / 'conveyor.db'}"
         return {"CONVEYOR_BROKER_URL": url, "CONVEYOR_STORE_URL": url}
@@ -123,7 +159,7 @@ class ConveyorSqlite(ConveyorAmqp):
         System.prepare(self, scope)
         scope.extra_env.update(self.urls(scope), CONVEYOR_GRACE_S="3", CONVEYOR_LOG_LEVEL="WARNING")
 
-    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> Result:
         return self.submit(scope, n, max_s)
 
     def cleanup(self, scope: Scope) -> None:
@@ -131,50 +167,49 @@ class ConveyorSqlite(ConveyorAmqp):
 
 
 class Peer(System):
-    def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
-        return scope.procs.run([infra.PEERS_PYTHON, "-m", "peers.client", self.family, *args], scope.env(),
-                               f"{self.family}-{name}", client_timeout(n))
+    def client_argv(self, args: list[str]) -> list[str]:
+        return [infra.PEERS_PYTHON, "-m", "peers.client", self.family, *args]
 
-    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
-        saved = scope.extra_env.get("BENCH_CONFIRM")
-        scope.extra_env["BENCH_CONFIRM"] = "0"  # filling is set-up, not a measured result
-        try:
-            return self.submit(scope, n, max_s)
-        finally:
-            scope.extra_env.pop("BENCH_CONFIRM")
-            if saved is not None:
-                scope.extra_env["BENCH_CONFIRM"] = saved
+    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> Result:
+        # Filling is set-up, not a measured result: no confirms, batches where the system has them.
+        return self.client(scope, ["fill", "--n", str(n), "--max-s", str(max_s or scope.max_s)], "fill", n,
+                           BENCH_CONFIRM="0")
 
 
 class Celery(Peer):
     family = "celery"
+    uses: tuple[str, ...] = ("broker",)
 
     def __init__(self, concurrency: int = 2, backend: str = "") -> None:
-        self.concurrency = concurrency
+        self.processes = concurrency
         self.backend = backend  # "", "redis" or "postgresql"
+        if backend:
+            self.uses = ("broker", "redis" if backend == "redis" else "pg")
 
     def prepare(self, scope: Scope) -> None:
         super().prepare(scope)
+        if self.backend:
+            scope.extra_env["BENCH_CELERY_RESULTS"] = "1"
         if self.backend == "postgresql":
             infra.create_schema(scope.tag, migrate=False)
-            scope.extra_env.update(BENCH_PG_SCHEMA=scope.tag, BENCH_CELERY_BACKEND=infra.PG.replace("postgresql://", "db+postgresql+psycopg2://"))
+            scope.extra_env.update(BENCH_PG_SCHEMA=scope.tag,
+                                   BENCH_CELERY_BACKEND=infra.PG.replace("postgresql://", "db+postgresql+psycopg2://"))
         elif self.backend == "redis":
             scope.extra_env["BENCH_CELERY_BACKEND"] = infra.REDIS
 
-    def client(self, scope: Scope, args: list[str], name: str, n: int) -> dict[str, float]:
-        # Clients send without a result backend (a Redis one would subscribe to every task's
-        # result); the workers still store results: storing is decided on the worker side.
-        saved = scope.extra_env.pop("BENCH_CELERY_BACKEND", None)
-        try:
-            return super().client(scope, args, name, n)
-        finally:
-            if saved is not None:
-                scope.extra_env["BENCH_CELERY_BACKEND"] = saved
+    def client(self, scope: Scope, args: list[str], name: str, n: int, **env: str) -> Result:
+        # Clients send without a result backend connection (a Redis one would subscribe to every
+        # task's result); BENCH_CELERY_RESULTS still marks each message's result as wanted.
+        return super().client(scope, args, name, n, **env, BENCH_CELERY_BACKEND="")
+
+    def in_flight(self, scope: Scope, n: int) -> Result:
+        return self.client(scope, ["threads", "--n", str(n), "--threads", str(IN_FLIGHT), "--max-s",
+                                   str(scope.max_s)], "threads", n, BENCH_CELERY_POOL_LIMIT=str(IN_FLIGHT))
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
             [infra.PEERS_PYTHON, "-m", "celery", "-A", "peers.celery_app", "worker", "-P", "prefork",
-             "-c", str(self.concurrency), "-Q", scope.queue, "--loglevel", "WARNING", "--without-gossip",
+             "-c", str(self.processes), "-Q", scope.queue, "--loglevel", "WARNING", "--without-gossip",
              "--without-mingle", "--without-heartbeat", "-n", f"{scope.tag}@%h"],
             scope.env(), "celery-worker")]
 
@@ -189,10 +224,15 @@ class Celery(Peer):
 
 class Dramatiq(Peer):
     family = "dramatiq"
+    uses: tuple[str, ...] = ("broker",)
 
     def __init__(self, processes: int = 1, threads: int = 8) -> None:
         self.processes = processes
         self.threads = threads
+
+    def in_flight(self, scope: Scope, n: int) -> Result:
+        return self.client(scope, ["threads", "--n", str(n), "--threads", str(IN_FLIGHT), "--max-s",
+                                   str(scope.max_s)], "threads", n)
 
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
@@ -209,29 +249,95 @@ class Huey(Peer):
     family = "huey"
 
     def __init__(self, workers: int = 2) -> None:
-        self.workers = workers
+        self.processes = workers
 
     def prepare(self, scope: Scope) -> None:
         super().prepare(scope)
         scope.extra_env["BENCH_HUEY_DB"] = str(scope.root / "huey.db")
 
-    def fill(self, scope: Scope, n: int, max_s: float | None = None) -> dict[str, float]:
-        return self.submit(scope, n, max_s)
-
     def start_workers(self, scope: Scope) -> list[Popen]:
         return [scope.procs.start(
-            [infra.PEERS_PYTHON, "-m", "huey.bin.huey_consumer", "peers.huey_app.huey", "-w", str(self.workers),
+            [infra.PEERS_PYTHON, "-m", "huey.bin.huey_consumer", "peers.huey_app.huey", "-w", str(self.processes),
              "-k", "process", "-q"], scope.env(), "huey-consumer")]
 
 
-def wait_records(scope: Scope, expected: int, workers: list[Popen], stall_s: float = 60.0) -> None:
+class PostgresPeer(Peer):
+    """A queue that lives in PostgreSQL alone, in a schema of its own per case."""
+
+    uses: tuple[str, ...] = ("pg",)
+
+    def in_flight(self, scope: Scope, n: int) -> Result:
+        return self.client(scope, ["async", "--n", str(n), "--in-flight", str(IN_FLIGHT), "--pool", "16",
+                                   "--max-s", str(scope.max_s)], "async", n)
+
+    def setup_command(self, scope: Scope, argv: list[str]) -> None:
+        done = subprocess.run([infra.PEERS_PYTHON, "-m", *argv], env=scope.env(), capture_output=True, text=True,
+                              timeout=120, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"{' '.join(argv[:3])} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+    def cleanup(self, scope: Scope) -> None:
+        infra.drop_schema(scope.tag)
+
+
+class PgQueuer(PostgresPeer):
+    """PgQueuer: one ``pgqueuer.run`` (what ``pgq run`` runs) per worker process, picking
+    ``batch_size`` jobs per query."""
+
+    family = "pgqueuer"
+
+    def __init__(self, processes: int = 1, batch_size: int = 10) -> None:
+        self.processes = processes
+        self.batch_size = batch_size
+
+    def prepare(self, scope: Scope) -> None:
+        super().prepare(scope)
+        scope.extra_env.update(PGDSN=infra.PG, BENCH_PG_DSN=infra.PG, PGQUEUER_SCHEMA=scope.tag,
+                               PGQUEUER_CHANNEL=f"{scope.tag}_ch")
+        self.setup_command(scope, ["pgqueuer", "install"])  # tables, trigger, function in the new schema
+
+    def start_workers(self, scope: Scope) -> list[Popen]:
+        return [scope.procs.start(
+            [infra.PEERS_PYTHON, "-m", "peers.pgqueuer_worker", "--batch-size", str(self.batch_size)],
+            scope.env(), f"pgqueuer-worker{k}") for k in range(self.processes)]
+
+
+class Procrastinate(PostgresPeer):
+    """Procrastinate: ``procrastinate worker --concurrency C`` per worker process."""
+
+    family = "procrastinate"
+    APP = "peers.procrastinate_app.app"
+
+    def __init__(self, processes: int = 1, concurrency: int = 8) -> None:
+        self.processes = processes
+        self.concurrency = concurrency
+
+    def prepare(self, scope: Scope) -> None:
+        super().prepare(scope)
+        infra.create_schema(scope.tag, migrate=False)
+        scope.extra_env.update(BENCH_PG_DSN=infra.PG, BENCH_PG_SCHEMA=scope.tag)
+        self.setup_command(scope, ["procrastinate", "--app", self.APP, "schema", "--apply"])
+
+    def start_workers(self, scope: Scope) -> list[Popen]:
+        # A pool of concurrency + 2: one connection per sub-worker, LISTEN, heartbeats.
+        env = scope.env(BENCH_PG_POOL=str(self.concurrency + 2))
+        return [scope.procs.start(
+            [infra.PEERS_PYTHON, "-m", "procrastinate", "--app", self.APP, "--log-level", "warning", "worker",
+             "--concurrency", str(self.concurrency), "--name", f"{scope.tag}-{k}", "--queues", scope.queue],
+            env, f"procrastinate-worker{k}") for k in range(self.processes)]
+
+
+def wait_records(scope: Scope, expected: int, workers: list[Popen], stall_s: float = 60.0,
+                 window: cpu.Window | None = None) -> dict[str, float]:
     """Wait until ``expected`` tasks are recorded; fail when none completes for ``stall_s``
-    or a worker exits."""
+    or a worker exits. With a ``window``, returns its CPU per task."""
     seen, last_progress = -1, time.monotonic()
     while True:
         done = record.count(scope.record_dir)
+        if window is not None:
+            window.observe(done, record.processes(scope.record_dir))
         if done >= expected:
-            return
+            return window.close(done) if window is not None else {}
         if done != seen:
             seen, last_progress = done, time.monotonic()
         elif time.monotonic() - last_progress > stall_s:

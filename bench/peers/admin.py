@@ -8,7 +8,8 @@ import os
 import sys
 from importlib import metadata
 
-PEERS = ["celery", "kombu", "dramatiq", "huey", "pika", "aio-pika", "redis", "SQLAlchemy", "matplotlib"]
+PEERS = ["celery", "kombu", "dramatiq", "huey", "pika", "aio-pika", "redis", "SQLAlchemy", "pgqueuer", "asyncpg",
+         "uvloop", "procrastinate", "psycopg", "matplotlib"]
 
 
 def info() -> dict[str, object]:

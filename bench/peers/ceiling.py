@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import time
+from typing import Any
 
 import aio_pika
 import pika
@@ -49,7 +50,7 @@ async def publish_aiopika(n: int, queue: str, in_flight: int, max_s: float) -> d
     return {"elapsed_s": elapsed, "n": sent, "rate": sent / elapsed, "capped": float(sent < n)}
 
 
-def blocking_channel(queue: str) -> tuple[pika.BlockingConnection, object]:
+def blocking_channel(queue: str) -> tuple[pika.BlockingConnection, Any]:
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     channel = connection.channel()
     channel.queue_declare(queue, durable=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import matplotlib
 
@@ -12,13 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 COLOURS = {"conveyor": "#1f77b4", "celery": "#2ca02c", "dramatiq": "#d62728", "huey": "#9467bd",
-           "amqp": "#7f7f7f"}
+           "pgqueuer": "#ff7f0e", "procrastinate": "#8c564b", "amqp": "#7f7f7f"}
 TITLES = {"submit": "Durable submit (tasks/s, higher is better)", "drain": "Drain (tasks/s, higher is better)",
           "latency": "Submit-to-start latency (ms, lower is better)", "memory": "Worker RSS (MiB, lower is better)",
           "embedded": "Embedded on SQLite (tasks/s)", "ceiling": "Raw AMQP ceiling (msg/s)"}
 
 
-def bars(data: dict) -> dict[str, list[tuple[str, float, str]]]:
+def bars(data: dict[str, Any]) -> dict[str, list[tuple[str, float, str]]]:
     panels: dict[str, list[tuple[str, float, str]]] = {}
     for case in data["cases"]:
         for row in case["rows"]:

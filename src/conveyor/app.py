@@ -37,8 +37,10 @@ class Conveyor:
         self.registry = Registry()
         self._broker_arg = broker
         self._store_arg = store
+        self._store: Store | None = None
+        self._broker: Broker | None = None
         self._service: TaskService | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.periodic_specs: list[dict[str, Any]] = []  # filled by @app.periodic
 
     # -- connections ----------------------------------------------------------------------
@@ -47,16 +49,33 @@ class Conveyor:
         if self._service is None:
             with self._lock:
                 if self._service is None:
-                    self._service = TaskService(self._open_store(), self._open_broker(), self.registry)
+                    self._service = TaskService(self.store, self.broker, self.registry)
         return self._service
 
     @property
     def store(self) -> Store:
-        return self.service.store
+        """The store, opened on first use (without opening the broker)."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._open_store()
+        return self._store
 
     @property
     def broker(self) -> Broker:
-        return self.service.broker
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = self._open_broker()
+        return self._broker
+
+    def broker_source(self) -> tuple[str, Broker | None]:
+        """(the broker's URL, the broker object if one was given or is open): lets a worker
+        speak to the broker on its own event loop without opening this app's connection."""
+        arg = self._broker_arg
+        if arg is not None and not isinstance(arg, str):
+            return getattr(arg, "url", ""), arg
+        return arg or self.settings.broker_url, self._broker
 
     def _open_store(self) -> Store:
         arg = self._store_arg
@@ -73,7 +92,7 @@ class Conveyor:
     def use_settings(self, settings: Settings) -> None:
         """Adopt settings resolved by an entry point (CLI flags win over the module's URLs)."""
         with self._lock:
-            if self._service is not None:
+            if self._service is not None or self._store is not None or self._broker is not None:
                 raise RuntimeError("use_settings() must come before the app connects")
             self.settings = settings
             if isinstance(self._broker_arg, str) or self._broker_arg is None:
@@ -82,11 +101,17 @@ class Conveyor:
                 self._store_arg = None
 
     def close(self) -> None:
+        """Publish what is still pending, then close the connections this app opened."""
         with self._lock:
             if self._service is not None:
-                self._service.broker.close()
-                self._service.store.close()
+                self._service.close()
                 self._service = None
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+            if self._store is not None:
+                self._store.close()
+                self._store = None
 
     # -- task types -----------------------------------------------------------------------
     def task(self, name: str, *, queue: str = "default", priority: int = 0, max_attempts: int = 3,
@@ -130,6 +155,19 @@ class Conveyor:
                                 delay_s=delay, max_attempts=max_attempts, timeout=timeout,
                                 idempotency_key=idempotency_key)
         task, _ = self.service.submit(request)
+        return TaskHandle(self, task.id)
+
+    async def submit_async(self, type: str, params: dict[str, Any] | None = None, *, queue: str | None = None,
+                           priority: int | None = None, eta: datetime | float | None = None,
+                           delay: float | None = None, max_attempts: int | None = None,
+                           timeout: float | None = None, idempotency_key: str | None = None) -> TaskHandle:
+        """``submit`` for asyncio code (FastAPI handlers, say): never blocks the event loop, and
+        concurrent calls share one transaction. Durable when it returns."""
+        eta_s = eta.timestamp() if isinstance(eta, datetime) else eta
+        request = SubmitRequest(type=type, params=params or {}, queue=queue, priority=priority, eta=eta_s,
+                                delay_s=delay, max_attempts=max_attempts, timeout=timeout,
+                                idempotency_key=idempotency_key)
+        task, _ = await self.service.submit_async(request)
         return TaskHandle(self, task.id)
 
     def get(self, task_id: uuid.UUID | str) -> Task:

@@ -45,6 +45,8 @@ class Settings:
     prefetch: int = _setting(2, "Deliveries a worker holds beyond its free slots.")
     ack_handoff_s: float = _setting(60.0, "RabbitMQ: a task running longer has its delivery acked early and "
                                           "the store lease alone guards it (docs/architecture.md).")
+    outbox_grace_s: float = _setting(30.0, "Seconds after which a task stored but not yet published is "
+                                           "published again (the outbox; docs/architecture.md).")
     api_token: str | None = _setting(None, "Token of the HTTP API and dashboard (bearer header or sign-in). "
                                            "Required to serve on a non-loopback address.", secret=True)
     retention_s: float = _setting(7 * DAY_S, "How long finished tasks and their timelines are kept: seconds "

@@ -37,6 +37,12 @@ def bind(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
+def set_fields(**fields: object) -> None:
+    """Attach ``fields`` to the records of the current context from now on (for a context that
+    is run once, such as a handler's ``contextvars.Context``)."""
+    _context.set({**(_context.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}})
+
+
 def bind_process(**fields: object) -> None:
     """Attach ``fields`` to every record of this process (a worker's node id)."""
     _process.update({k: str(v) for k, v in fields.items() if v is not None})

@@ -40,11 +40,11 @@ class Message:
             timeout=task.timeout, eta=task.eta, trace=trace or {},
         )
 
-    def to_task(self) -> Task:
+    def to_task(self, at: float | None = None) -> Task:
         """A task record for a message that reached a worker without going through a store
         (a client in another language published it straight to the broker). A future eta makes it
-        ``scheduled``, so the claim hands the delivery back until then."""
-        at = now()
+        ``scheduled``, so the claim hands the delivery back until then. ``at``: the store's clock."""
+        at = now() if at is None else at
         scheduled = self.eta is not None and self.eta > at
         return Task(
             id=self.id, type=self.type, params=self.params, queue=self.queue,

@@ -255,7 +255,7 @@ def _running(service: TaskService, task: Task, report: TaskReport, *, lease_s: f
         _start(service, task, report, lease_s=lease_s)
         return f"running attempt {report.attempt} on {report.node}"
     if task.node == report.node:
-        service.store.renew_leases([task.id], report.node, now() + lease_s)
+        service.store.renew_leases([(task.id, task.attempts)], report.node, lease_s)
         return "lease renewed"
     if task.lease_until is not None and task.lease_until > now():
         return f"ignored: attempt {report.attempt} runs on {task.node} (lease live)"
@@ -280,9 +280,9 @@ def _failed(service: TaskService, task: Task, report: TaskReport, finished_at: f
             delay = backoff_s(task.attempts, spec.options if spec else TaskOptions())
         updated = service.store.update(
             task, TaskStatus.RETRYING, node=report.node, error=error, eta=now() + delay, lease_until=None,
-            detail=f"{error['type']}: retry in {delay:.2f} s (reported)",
+            detail=f"{error['type']}: retry in {delay:.2f} s (reported)", publish=True,
         )
-        publish_tasks(service.broker, [updated])  # due at its eta
+        service.publisher.send([updated])  # due at its eta; the outbox intent covers a crash
         log.warning("task %s attempt %d failed on %s (%s); retrying in %.2f s", task.id, task.attempts,
                     report.node, error["message"], delay, extra=_extra(task, report, "retry"))
         return f"retrying in {delay:.2f} s"

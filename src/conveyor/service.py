@@ -1,9 +1,15 @@
 """TaskService: submit, cancel, retry and look up tasks. The Python API, the CLI and the
-HTTP API all go through it, so validation and the store-then-publish order live here once."""
+HTTP API all go through it, so validation and the store-then-publish order live here once.
+
+A submit returns once the task is durable in the store. Its message follows at once from a
+background publisher (``publisher.py``) and is guaranteed by the outbox intent written with the
+task: should this process die first, the reconciler publishes it. On the embedded default
+(store and broker in one SQLite file) the task and its message commit together instead.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import re
 import uuid
@@ -13,8 +19,8 @@ from typing import Any
 
 from conveyor import message, tracing
 from conveyor.broker.base import Broker
-from conveyor.errors import ConcurrentUpdate, ConveyorError, InvalidTransition, SerializationError
-from conveyor.message import Message
+from conveyor.embedded import together
+from conveyor.errors import ConcurrentUpdate, InvalidTransition, SerializationError
 from conveyor.model import (
     NodeInfo,
     Page,
@@ -22,8 +28,9 @@ from conveyor.model import (
     TaskEvent,
     TaskFilter,
     TaskStatus,
-    now,
 )
+from conveyor.publisher import Publisher
+from conveyor.publisher import publish_tasks as publish_tasks  # re-exported: reports, worker
 from conveyor.store.base import Store
 from conveyor.task import Registry, TaskOptions
 
@@ -55,20 +62,30 @@ class TaskService:
         self.store = store
         self.broker = broker
         self.registry = registry or Registry()
+        self.publisher = Publisher(store, broker)
+        self._together = together(store, broker)
+        self._batchers: dict[asyncio.AbstractEventLoop, _AsyncSubmitter] = {}
 
     # -- submit -------------------------------------------------------------------------
     def submit(self, request: SubmitRequest) -> tuple[Task, bool]:
-        """Store the task, then publish it. Returns (task, created); ``created`` is False when
-        the idempotency key already named a task (that task is returned, nothing is sent)."""
+        """Store the task (durable on return); its message follows. Returns (task, created);
+        ``created`` is False when the idempotency key already named a task (that task is
+        returned)."""
         return self.submit_task(self.build_task(request))
 
     def submit_task(self, task: Task) -> tuple[Task, bool]:
         """``submit`` for a task already built (and so validated) by ``build_task``."""
-        with tracing.submit_span(task.type, task.queue):
-            stored, created = self.store.create(task, detail="submitted")
-            if created:
-                self._publish_or_fail([stored])
-        return stored, created
+        return self.submit_tasks([task])[0]
+
+    async def submit_async(self, request: SubmitRequest) -> tuple[Task, bool]:
+        """``submit`` for asyncio callers: concurrent calls on one event loop share a
+        transaction (group commit) and never block the loop."""
+        task = self.build_task(request)
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get(loop)
+        if batcher is None:
+            batcher = self._batchers[loop] = _AsyncSubmitter(self)
+        return await batcher.submit(task)
 
     def build_task(self, request: SubmitRequest) -> Task:
         """Validate a request into a Task (raises ValueError / SerializationError)."""
@@ -92,7 +109,7 @@ class TaskService:
             raise ValueError("timeout must be positive")
         if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= MAX_KEY_LENGTH:
             raise ValueError(f"idempotency_key must be 1-{MAX_KEY_LENGTH} characters")
-        created_at = now()
+        created_at = self.store.now()
         eta = request.eta
         if request.delay_s is not None:
             if request.delay_s < 0:
@@ -107,19 +124,6 @@ class TaskService:
             created_at=created_at, queued_at=None if scheduled else created_at,
         )
 
-    def _publish_or_fail(self, tasks: Sequence[Task]) -> None:
-        """Publish stored tasks; if the broker refuses, fail them (type ``publish_failed``) so none
-        sits queued forever with no message, then raise. ``retry`` sends such a task again."""
-        try:
-            publish_tasks(self.broker, tasks)
-        except ConveyorError as exc:
-            error = {"type": "publish_failed", "message": str(exc), "traceback": None}
-            for task in tasks:
-                with contextlib.suppress(ConveyorError):
-                    self.store.update(task, TaskStatus.FAILED, error=error, finished_at=now(),
-                                      detail="broker refused the message")
-            raise
-
     # -- control ------------------------------------------------------------------------
     def cancel(self, task_id: uuid.UUID) -> Task:
         """Cancel a task that has not finished. A queued or scheduled task never runs; a
@@ -128,7 +132,7 @@ class TaskService:
         for _ in range(5):
             task = self.store.get(task_id)
             try:
-                return self.store.update(task, TaskStatus.CANCELLED, finished_at=now(),
+                return self.store.update(task, TaskStatus.CANCELLED, finished_at=self.store.now(),
                                          detail="cancelled on request")
             except ConcurrentUpdate:
                 continue
@@ -142,13 +146,13 @@ class TaskService:
                 raise InvalidTransition(task_id, task.status.value, TaskStatus.QUEUED.value)
             try:
                 updated = self.store.update(
-                    task, TaskStatus.QUEUED, detail="retried on request", queued_at=now(),
+                    task, TaskStatus.QUEUED, detail="retried on request", queued_at=self.store.now(),
                     max_attempts=max(task.max_attempts, task.attempts + 1), eta=None,
-                    finished_at=None, lease_until=None, crashes=0,
+                    finished_at=None, lease_until=None, crashes=0, publish=True,
                 )
             except ConcurrentUpdate:
                 continue
-            publish_tasks(self.broker, [updated])
+            self.publisher.send([updated])
             return updated
         raise ConcurrentUpdate(task_id)
 
@@ -177,20 +181,61 @@ class TaskService:
         kinds = {t.type for t in tasks}
         with tracing.submit_span(kinds.pop() if len(kinds) == 1 else "batch", tasks[0].queue if tasks else "",
                                  count=len(tasks)):
-            results = self.store.create_many(tasks, detail="submitted")
-            self._publish_or_fail([task for task, created in results if created])
+            tracing.remember(t.id for t in tasks)  # their messages are built on the publisher's thread
+            return self._submit_tasks(tasks)
+
+    def _submit_tasks(self, tasks: Sequence[Task]) -> list[tuple[Task, bool]]:
+        if self._together is not None:
+            return self._together.create_and_publish(tasks, detail="submitted")
+        results = self.store.create_many(tasks, detail="submitted", publish=True)
+        self.publisher.send([task for task, created in results if created])
+        # An idempotent repeat of a task that never started may find it still without its
+        # message (its submitter died before publishing): send it again. A duplicate is
+        # harmless, the claim drops it.
+        repeats = [t for t, created in results if not created and t.attempts == 0
+                   and t.status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED)]
+        if repeats:
+            self.publisher.send(repeats)
         return results
 
+    def close(self) -> None:
+        """Publish what is still pending (bounded wait)."""
+        self.publisher.close()
 
-def publish_tasks(broker: Broker, tasks: Sequence[Task]) -> None:
-    """Send each task's message, due at its eta: the one way a task is (re)published, whether
-    submitted, retried, returned on shutdown or recovered from a dead node."""
-    at = now()
-    trace = tracing.message_trace()  # the submit (or run) span this publish belongs to, if traced
-    for queue in {t.queue for t in tasks}:
-        broker.declare_queue(queue)
-    broker.publish_many([(message.encode(Message.for_task(t, trace)), t.queue, t.priority,
-                          max(0.0, t.eta - at) if t.eta else 0.0, None) for t in tasks])
+
+class _AsyncSubmitter:
+    """Group commit for one event loop: submits that arrive while a batch is being written
+    wait and go together in the next one (one thread hop and one transaction per batch)."""
+
+    def __init__(self, service: TaskService) -> None:
+        self._service = service
+        self._pending: list[tuple[Task, asyncio.Future[tuple[Task, bool]]]] = []
+        self._running = False
+
+    async def submit(self, task: Task) -> tuple[Task, bool]:
+        future: asyncio.Future[tuple[Task, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((task, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:500], self._pending[500:]
+                try:
+                    results = await asyncio.to_thread(self._service.submit_tasks, [t for t, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._running = False
 
 
 def _validate_type(task_type: object) -> None:

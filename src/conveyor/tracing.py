@@ -6,8 +6,10 @@ never loads it; with the API but no SDK configured the spans are OpenTelemetry's
 When an application configures a tracer provider (``opentelemetry-sdk``, an exporter), then:
 
 - ``submit_span`` wraps a submit: span ``conveyor submit <type>`` (kind PRODUCER). The task
-  message carries its W3C context (``trace.traceparent``, docs/protocol.md), which
-  ``message_trace`` reads from the current context when a message is built.
+  message carries its W3C context (``trace.traceparent``, docs/protocol.md): messages are
+  built later, on the publisher's thread (the outbox), so the submit ``remember``s the context
+  of its task ids and ``trace_for`` finds it when the message is built (the current context
+  first, if there is one).
 - ``run_span`` wraps an attempt on a worker: span ``conveyor queue wait <type>`` (from when the
   task became due to the start, recorded after the fact) and span ``conveyor run <type>``
   (kind CONSUMER), both children of the submit span; the run span links to the queue wait.
@@ -18,13 +20,20 @@ When an application configures a tracer provider (``opentelemetry-sdk``, an expo
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 TRACER_NAME = "conveyor"
+REMEMBERED_MAX = 10_000  # task ids whose trace context waits for their message to be built
+
+_remembered: OrderedDict[uuid.UUID, dict[str, str]] = OrderedDict()
+_remembered_lock = threading.Lock()
 
 
 def _otel() -> ModuleType | None:
@@ -48,6 +57,30 @@ def message_trace() -> dict[str, str]:
     return carrier
 
 
+def remember(task_ids: Iterable[uuid.UUID]) -> None:
+    """Keep the current trace context for these tasks' next messages (a no-op untraced)."""
+    trace = message_trace()
+    if not trace:
+        return
+    with _remembered_lock:
+        for task_id in task_ids:
+            _remembered[task_id] = trace
+            _remembered.move_to_end(task_id)
+        while len(_remembered) > REMEMBERED_MAX:
+            _remembered.popitem(last=False)
+
+
+def trace_for(task_id: uuid.UUID) -> dict[str, str]:
+    """The trace context for a message of ``task_id``: the current one, else the remembered one."""
+    if _otel() is None:
+        return {}
+    current = message_trace()
+    if current:
+        return current
+    with _remembered_lock:
+        return dict(_remembered.get(task_id, {}))
+
+
 @contextmanager
 def submit_span(task_type: str, queue: str, count: int = 1) -> Iterator[None]:
     trace = _otel()
@@ -63,16 +96,31 @@ def submit_span(task_type: str, queue: str, count: int = 1) -> Iterator[None]:
         yield
 
 
+def _trace_of(message: bytes | Mapping[str, str]) -> dict[str, str]:
+    """The ``trace`` of a task message (its body, or the mapping itself)."""
+    if not isinstance(message, bytes | bytearray):
+        return dict(message)
+    import orjson
+
+    try:
+        trace = orjson.loads(message).get("trace")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in trace.items()} if isinstance(trace, dict) else {}
+
+
 @contextmanager
-def run_span(trace: Mapping[str, str], *, task_id: str, task_type: str, queue: str, attempt: int, node: str,
-             due_at: float | None) -> Iterator[None]:
-    """Spans of one attempt, children of the context ``trace`` (the message's) carries."""
+def run_span(message: bytes | Mapping[str, str], *, task_id: str, task_type: str, queue: str, attempt: int,
+             node: str, due_at: float | None) -> Iterator[None]:
+    """Spans of one attempt, children of the context the task message (body or its ``trace``)
+    carries."""
     otel = _otel()
     if otel is None:
         yield
         return
     from opentelemetry import context, propagate
 
+    trace = _trace_of(message)
     parent = propagate.extract(dict(trace)) if trace else None
     tracer: Any = otel.get_tracer(TRACER_NAME)
     attributes = {"messaging.system": "conveyor", "messaging.destination.name": queue,

@@ -193,34 +193,39 @@ def test_queue_stats_count_statuses_and_recent_finishes_per_queue(store: Store) 
     assert stats["q2"].get("finished_since", 0) == 0
 
 
-def test_expired_leases_lists_running_tasks_past_their_lease(store: Store) -> None:
-    now = time.time()
+def test_expired_leases_lists_running_tasks_past_their_lease_on_the_stores_clock(store: Store) -> None:
+    now = store.now()
     stale = _run(store, store.create(_task())[0], lease_until=now - 5)
     _run(store, store.create(_task())[0], lease_until=now + 60)
     store.create(_task(lease_until=now - 5))  # queued: not leased, whatever the column says
 
-    assert [t.id for t in store.expired_leases(now)] == [stale.id]
+    assert [t.id for t in store.expired_leases(0.0)] == [stale.id]
+    assert store.expired_leases(10.0) == [], "expired for 5 s only"
 
 
-def test_renew_leases_extends_only_the_owners_running_tasks(store: Store) -> None:
-    now = time.time()
+def test_renew_leases_extends_only_the_owners_running_attempt(store: Store) -> None:
+    now = store.now()
     mine = _run(store, store.create(_task())[0], node="node-1", lease_until=now - 1)
     theirs = _run(store, store.create(_task())[0], node="node-2", lease_until=now - 1)
 
-    store.renew_leases([mine.id, theirs.id], "node-1", now + 60)
+    renewed = store.renew_leases([(mine.id, mine.attempts), (theirs.id, theirs.attempts)], "node-1", 60.0)
+    stale = store.renew_leases([(mine.id, mine.attempts + 1)], "node-1", 60.0)
 
-    assert store.get(mine.id).lease_until == now + 60
+    assert renewed == {mine.id} and stale == set()
+    lease = store.get(mine.id).lease_until
+    assert lease is not None and now + 59 < lease < store.now() + 61
     assert store.get(theirs.id).lease_until == now - 1
-    assert [t.id for t in store.expired_leases(now)] == [theirs.id]
+    assert [t.id for t in store.expired_leases(0.0)] == [theirs.id]
 
 
-def test_renewing_a_lease_does_not_break_the_owners_next_update(store: Store) -> None:
-    running = _run(store, store.create(_task())[0], node="node-1")
+def test_a_renewed_lease_makes_a_take_over_read_before_it_fail(store: Store) -> None:
+    running = _run(store, store.create(_task())[0], node="node-1", lease_until=store.now() - 1)
+    seen_expired = store.get(running.id)
 
-    store.renew_leases([running.id], "node-1", time.time() + 60)
-    done = store.update(running, S.SUCCEEDED, node="node-1")
+    store.renew_leases([(running.id, running.attempts)], "node-1", 60.0)  # the owner was alive after all
 
-    assert store.get(running.id).status is S.SUCCEEDED == done.status
+    with pytest.raises(ConcurrentUpdate):
+        store.update(seen_expired, S.QUEUED, detail="take over")
 
 
 def test_upsert_node_registers_then_refreshes(store: Store) -> None:

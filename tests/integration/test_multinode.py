@@ -59,16 +59,22 @@ def requests(count: int, sleep_s: float = 0.0) -> list[SubmitRequest]:
 class Submitter(threading.Thread):
     """Submits in the background, so a fault can strike while tasks are still coming in."""
 
-    def __init__(self, cluster: Cluster, batch: Sequence[SubmitRequest]) -> None:
+    def __init__(self, cluster: Cluster, batch: Sequence[SubmitRequest], pace_s: float = 0.0) -> None:
         super().__init__(name="submitter", daemon=True)
         self.cluster = cluster
         self.batch = batch
+        self.pace_s = pace_s  # pause between chunks of 25: a submit returns at the store commit, fast
         self.tasks: list[Task] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.tasks = self.cluster.submit(self.batch)
+            if not self.pace_s:
+                self.tasks = self.cluster.submit(self.batch)
+                return
+            for start in range(0, len(self.batch), 25):
+                self.tasks += self.cluster.submit(self.batch[start:start + 25])
+                time.sleep(self.pace_s)
         except BaseException as exc:
             self.error = exc
 
@@ -166,14 +172,14 @@ def test_a_worker_killed_mid_run_loses_no_task_and_its_in_flight_tasks_run_elsew
 def test_a_rabbitmq_restart_mid_run_loses_no_task(cluster: Cluster, tmp_path: Path) -> None:
     start_nodes(cluster)
     started = time.monotonic()
-    submitter = Submitter(cluster, requests(2000, sleep_s=0.01))
+    submitter = Submitter(cluster, requests(2000, sleep_s=0.01), pace_s=0.05)  # ~4 s of submitting
     submitter.start()
 
     wait_for_executions(cluster, None, at_least=150)
     with rabbitmq_restarted(down_s=2.0):
         submitting_in_outage = submitter.is_alive()
     back_at = time.time()
-    submitted = submitter.result(timeout_s=90)  # its publishes wait out the outage (up to 30 s)
+    submitted = submitter.result(timeout_s=90)  # stored at once; their publishes wait out the outage
     cluster.wait_finished(len(submitted), timeout_s=90)
 
     elapsed = time.monotonic() - started

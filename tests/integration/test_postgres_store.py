@@ -17,6 +17,7 @@ import pytest
 
 from conveyor.errors import ConcurrentUpdate, InvalidTransition, StoreError
 from conveyor.model import Task, TaskFilter, TaskStatus
+from conveyor.store.base import Outcome
 from conveyor.store.migrate import migrations, upgrade
 from conveyor.store.postgres import PostgresStore
 
@@ -84,7 +85,7 @@ def test_tables_are_created_in_the_schema_named_by_the_url(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
             (_schema_of(postgres_schema_url),),
         ).fetchall()
-    assert [r[0] for r in rows] == ["nodes", "schema_migrations", "task_events", "tasks"]
+    assert [r[0] for r in rows] == ["nodes", "schema_migrations", "task_events", "task_outbox", "tasks"]
 
 
 def test_eight_threads_racing_one_compare_and_set_have_exactly_one_winner_each_round(
@@ -164,13 +165,16 @@ def test_replaying_an_update_with_the_stale_version_adds_no_second_event(store: 
     assert [e.to_status for e in store.events(task.id)] == [S.QUEUED, S.RUNNING, S.SUCCEEDED]
 
 
-def test_renewing_a_lease_keeps_the_owners_next_compare_and_set_valid(store: PostgresStore) -> None:
+def test_the_owners_outcome_lands_after_its_renewals_and_anothers_renewal_changes_nothing(
+        store: PostgresStore) -> None:
     task, _ = store.create(Task(type="long"))
-    running = store.update(task, S.RUNNING, node="n1", lease_until=10.0)
-    store.renew_leases([running.id], "n1", 99.0)
-    store.renew_leases([running.id], "someone-else", 5.0)
-    assert store.get(task.id).lease_until == 99.0
-    assert store.update(running, S.SUCCEEDED).version == running.version + 1
+    running = store.update(task, S.RUNNING, node="n1", attempts=1, lease_until=10.0)
+    assert store.renew_leases([(running.id, 1)], "n1", 99.0) == {running.id}
+    lease = store.get(task.id).lease_until
+    assert store.renew_leases([(running.id, 1)], "someone-else", 5.0) == set()
+    assert store.get(task.id).lease_until == lease
+    [done] = store.finish_many([Outcome(task.id, 1, S.SUCCEEDED, result=42)], "n1")
+    assert done is not None and done.result == 42
 
 
 def _fill(

@@ -4,7 +4,6 @@ message Conveyor builds validates, and bodies the schemas refuse are refused by 
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,8 +22,7 @@ from conveyor.reports import Heartbeat, TaskReport
 from conveyor.service import SubmitRequest, TaskService
 from conveyor.store.sqlite import SqliteStore
 from conveyor.task import TaskOptions, TaskSpec
-from conveyor.worker.outcome import record_outcome
-from conveyor.worker.worker import InFlight
+from conveyor.worker.outcome import decide_outcome
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "protocol"
 TASK_ID = "0190a0a0-1234-7abc-8def-0123456789ab"
@@ -83,6 +81,7 @@ def service(sqlite_url: str) -> Iterator[TaskService]:
 def _published(service: TaskService) -> list[bytes]:
     broker = service.broker
     assert isinstance(broker, RecordingBroker)
+    assert service.publisher.flush(5.0)  # submits publish in the background (the outbox)
     return broker.published
 
 
@@ -120,12 +119,14 @@ def test_the_retry_message_a_worker_publishes_validates(service: TaskService) ->
     spec = TaskSpec(app=None, name="flaky", handler=lambda: None,  # type: ignore[arg-type]
                     options=TaskOptions(retry_backoff_s=0.01))
     task, _ = service.submit(SubmitRequest(type="flaky", params={"n": 1}, queue="q", priority=3))
+    assert service.publisher.flush(5.0)
     running = service.store.update(task, TaskStatus.RUNNING, node="n1", attempts=1, lease_until=now() + 30)
-    worker = _StubWorker(service)
-    record_outcome(worker, InFlight(task=running, delivery=_StubDelivery()), spec,  # type: ignore[arg-type]
-                   None, RuntimeError("boom"))
-    retried = service.store.get(task.id)
-    assert retried.status is TaskStatus.RETRYING
+    outcome = decide_outcome(running, spec, None, RuntimeError("boom"), "n1")
+    [retried] = service.store.finish_many([outcome], "n1")
+    assert retried is not None and retried.status is TaskStatus.RETRYING
+    assert service.store.unpublished(-60.0) == [retried], "the retry waits in the outbox until published"
+    service.publisher.publish_now([retried])  # what the worker does once the outcome is stored
+    assert service.store.unpublished(-60.0) == []
     body = _published(service)[-1]
     _assert_valid(TASK_SCHEMA, body)
     assert orjson.loads(body)["attempt"] == 2
@@ -137,40 +138,10 @@ def test_the_message_the_reaper_republishes_validates(service: TaskService) -> N
 
     task, _ = service.submit(SubmitRequest(type="t", params={}))
     service.store.update(task, TaskStatus.RUNNING, node="dead", attempts=1, lease_until=now() - 100)
-    assert recover_expired(service.store, service.broker, lease_s=1.0, max_crashes=3) == 1
+    assert recover_expired(service.store, service.publisher.publish_now, lease_s=1.0, max_crashes=3) == 1
     _assert_valid(TASK_SCHEMA, _published(service)[-1])
 
 
-class _StubWorker:
-    """What record_outcome reads from a Worker."""
-
-    def __init__(self, service: TaskService) -> None:
-        self.app = self
-        self.store = service.store
-        self.broker = service.broker
-        self.node_id = "n1"
-
-
-class _StubDelivery:
-    body = b""
-    headers: Mapping[str, str] = {}
-    queue = "q"
-    redelivered = False
-
-    def __init__(self) -> None:
-        self.acked = threading.Event()
-
-    def ack(self) -> None:
-        self.acked.set()
-
-    def nack(self, *, requeue: bool, delay_s: float = 0.0) -> None:
-        pass
-
-    def dead_letter(self, reason: str) -> None:
-        pass
-
-    def renew(self, lease_s: float) -> None:
-        pass
 
 
 # -- task messages: what the schema refuses, decode refuses too ---------------------------------

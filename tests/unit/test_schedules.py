@@ -342,7 +342,7 @@ def test_the_node_watch_marks_silent_nodes_lost_and_recovers_their_expired_tasks
     task, _ = tasks.submit(SubmitRequest(type="demo.add", params={}))
     tasks.store.update(task, TaskStatus.RUNNING, node="silent", attempts=1, started_at=clock - 4,
                        lease_until=clock - 1)
-    result = watch_nodes(tasks.store, tasks.broker, settings, clock)
+    result = watch_nodes(tasks.store, tasks.publisher.publish_now, settings, clock)
     assert result == WatchResult(lost=["silent"], recovered=1)
     assert {n.id: n.status for n in tasks.store.nodes()} == {"silent": "lost", "fresh": "live"}
     recovered = tasks.store.get(task.id)

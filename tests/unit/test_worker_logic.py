@@ -16,6 +16,7 @@ from conveyor import message
 from conveyor.broker.sqlite import SqliteBroker
 from conveyor.message import Message
 from conveyor.model import Task, TaskStatus, now
+from conveyor.publisher import publish_tasks
 from conveyor.recovery import recover_expired, take_over
 from conveyor.store.sqlite import SqliteStore
 from conveyor.worker.claim import Drop, Later, Run, claim
@@ -181,7 +182,8 @@ def test_recovery_republishes_tasks_whose_lease_expired_a_full_lease_ago(store: 
         fresh = running_on(store, "slow-node", lease_in_s=-1.0)  # may still be renewing: not yet
         live = running_on(store, "busy-node", lease_in_s=LEASE_S)
 
-        recovered = recover_expired(store, broker, lease_s=LEASE_S, max_crashes=MAX_CRASHES)
+        recovered = recover_expired(store, lambda tasks: publish_tasks(broker, tasks), lease_s=LEASE_S,
+                                    max_crashes=MAX_CRASHES)
 
         assert recovered == 1
         assert store.get(stale.id).status is TaskStatus.QUEUED

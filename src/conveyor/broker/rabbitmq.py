@@ -1,4 +1,4 @@
-"""RabbitMQ broker (aio-pika): the distributed transport.
+"""RabbitMQ broker: the distributed transport (synchronous facade over ``AmqpLink``).
 
 Topology, every name under ``namespace`` (default "conveyor")::
 
@@ -9,8 +9,8 @@ Topology, every name under ``namespace`` (default "conveyor")::
                                 to <ns> with routing key Q; deleted after <ms> + 60 s unused
 
 Queue type: the ``queue_type`` argument, else the URL's ``?queue_type=`` (stripped before the
-URL reaches aio-pika), else env CONVEYOR_QUEUE_TYPE, else "classic"; every queue of a broker
-gets it. RabbitMQ 3.10 refuses x-max-priority on a quorum queue (PRECONDITION_FAILED) and
+URL reaches the AMQP client), else env CONVEYOR_QUEUE_TYPE, else "classic"; every queue of a
+broker gets it. RabbitMQ 3.10 refuses x-max-priority on a quorum queue (PRECONDITION_FAILED) and
 ignores message priority there, so quorum queues are FIFO: the argument is omitted and the
 priority, still sent, has no effect. Quorum queues also refuse global QoS (the connection is
 closed), so a quorum consumer of k queues may hold up to k * prefetch deliveries; a classic
@@ -24,18 +24,17 @@ count as use for x-expires, so a delay queue is re-declared when its last declar
 older than 30 s; mandatory publishing catches one that vanished anyway.
 
 Reliability: persistent messages, durable queues, publisher confirms on every publish, manual
-acks. The connection is robust: aio-pika reconnects and restores topology and consumers. It
-retries at a fixed interval, 1 s by default (``?reconnect_interval=`` in the URL), since
-aio-pika has no backoff; one attempt a second per process is cheap for RabbitMQ.
-``publish`` waits out an outage of up to 30 s, then raises BrokerConnectionError; a publish
-retried after a lost confirm may arrive twice (the store-side claim deduplicates).
-Deliveries from a channel that died cannot be settled: ack/nack on them are logged at debug
-and ignored, as RabbitMQ redelivers them; buffered ones are dropped by ``get``. Only
-``str`` headers come through (bytes decoded, numbers as text); RabbitMQ's own x-death,
-x-first/last-death-* and x-delivery-count headers are hidden.
+acks. Several hosts of a cluster may be given in the URL; the link fails over between them
+and restores topology and consumers (``_amqp_loop.AmqpLink``). ``publish`` waits out an
+outage of up to 30 s, then raises BrokerConnectionError; a publish retried after a lost
+confirm may arrive twice (the store-side claim deduplicates). Deliveries from a channel that
+died cannot be settled: ack/nack on them are ignored, as RabbitMQ redelivers them; buffered
+ones are dropped by ``get``. Only ``str`` headers come through (bytes decoded, numbers as
+text); RabbitMQ's own x-death, x-first/last-death-* and x-delivery-count headers are hidden.
 
 Threading: all AMQP I/O runs on one event loop in a thread the broker owns; the public methods
-are synchronous and may be called from any thread but that one.
+are synchronous and may be called from any thread but that one. The worker does not use this
+facade: it runs an ``AmqpLink`` on its own event loop (``worker/intake.py``).
 """
 
 from __future__ import annotations
@@ -45,30 +44,27 @@ import math
 import queue as queue_module
 import threading
 import time
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
-from functools import partial
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
-
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError, MessageProcessError
 
 from conveyor._loop_thread import EventLoopThread
 from conveyor.batching import Combiner
+from conveyor.broker import _amqp_loop
 from conveyor.broker._amqp_loop import (
     CONNECT_TIMEOUT_S,
     CONNECTION_ERRORS,
     DRIVER_ERRORS,
     MAX_PRIORITY,
-    OUTAGE_S,
-    AmqpSession,
+    AmqpLink,
+    Incoming,
     Outgoing,
+    Subscription,
     resolve_url,
-    str_headers,
 )
 from conveyor.broker.base import PublishItem
 from conveyor.errors import BrokerConnectionError, BrokerError, ConveyorError
 
-__all__ = ["RabbitmqBroker", "quantize_delay_ms"]
+__all__ = ["MAX_DELAY_S", "RabbitmqBroker", "quantize_delay_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +79,6 @@ OPERATION_TIMEOUT_S = 15.0  # declare, consume, peek, close
 MAX_DELAY_S = 7 * 24 * 3600.0
 
 
-
-
 def quantize_delay_ms(delay_s: float) -> int:
     """The delay queue TTL for ``delay_s``: 0 for none, else rounded up to 100 ms steps below
     1 s and to whole seconds from 1 s (never early, at most one step late), capped at one hop
@@ -97,6 +91,14 @@ def quantize_delay_ms(delay_s: float) -> int:
     return max(step, math.ceil(ms / step) * step)
 
 
+def outgoing(items: Iterable[PublishItem]) -> list[Outgoing]:
+    return [
+        Outgoing(body, queue, min(max(int(priority), 0), MAX_PRIORITY), quantize_delay_ms(delay_s),
+                 {str(k): str(v) for k, v in (headers or {}).items()})
+        for body, queue, priority, delay_s, headers in items
+    ]
+
+
 class RabbitmqBroker:
     # Deliveries are held by the channel under RabbitMQ's consumer_timeout, not by a lease
     # we could renew: long tasks get their delivery acked early (see Broker.lease_based).
@@ -104,25 +106,26 @@ class RabbitmqBroker:
 
     def __init__(self, url: str, *, namespace: str = "conveyor", queue_type: str | None = None) -> None:
         amqp_url, resolved_type = resolve_url(url, queue_type)
+        self.url = url
+        self.amqp_url = amqp_url
         self.namespace = namespace
         self.queue_type = resolved_type
-        self._session = AmqpSession(amqp_url, namespace, resolved_type)
+        self.link = AmqpLink(amqp_url, namespace, resolved_type, name=f"conveyor {namespace}")
         self._consumers: set[_RabbitmqConsumer] = set()
         self._publishes: Combiner[list[Outgoing], None] = Combiner(self._publish_batch)
         self._lock = threading.Lock()
         self._closed = False
         self._thread = EventLoopThread(name=f"conveyor-amqp-{namespace}")
         try:
-            self._thread.run(self._session.connect(), CONNECT_TIMEOUT_S + 5)
+            self._thread.run(self.link.connect(), CONNECT_TIMEOUT_S * len(self.link.hosts) + 5)
         except BaseException as exc:
             self._thread.stop()
             if isinstance(exc, ConveyorError):
                 raise
-            raise BrokerConnectionError(
-                f"cannot connect to RabbitMQ at {self._session.safe_url}: {exc!r}") from exc
+            raise BrokerConnectionError(f"cannot connect to RabbitMQ at {self.link.safe_url}: {exc!r}") from exc
 
     def __repr__(self) -> str:
-        return f"RabbitmqBroker({self._session.safe_url!r}, namespace={self.namespace!r})"
+        return f"RabbitmqBroker({self.link.safe_url!r}, namespace={self.namespace!r})"
 
     def __enter__(self) -> RabbitmqBroker:
         return self
@@ -131,7 +134,7 @@ class RabbitmqBroker:
         self.close()
 
     def declare_queue(self, queue: str) -> None:
-        self._call(self._session.ensure_queue(queue), OPERATION_TIMEOUT_S, f"declare queue {queue!r}")
+        self._call(self.link.ensure_queue(queue), OPERATION_TIMEOUT_S, f"declare queue {queue!r}")
 
     def publish(self, body: bytes, *, queue: str, priority: int = 0, delay_s: float = 0.0,
                 headers: Mapping[str, str] | None = None) -> None:
@@ -140,24 +143,23 @@ class RabbitmqBroker:
         self.publish_many([(body, queue, priority, delay_s, headers)])
 
     def _publish_batch(self, batches: Sequence[list[Outgoing]]) -> list[None]:
-        outgoing = [out for batch in batches for out in batch]
-        self._call(self._session.publish_all(outgoing), OUTAGE_S + OPERATION_TIMEOUT_S, "publish")
+        flat = [out for batch in batches for out in batch]
+        self._call(self.link.publish_all(flat, _amqp_loop.OUTAGE_S),
+                   _amqp_loop.OUTAGE_S + OPERATION_TIMEOUT_S, "publish")
         return [None] * len(batches)
 
     def publish_many(self, items: Iterable[PublishItem]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items pipelined: all are sent,
         then all confirms awaited together. Returns once RabbitMQ confirmed every one."""
-        outgoing = [
-            Outgoing(body, queue, min(max(int(priority), 0), MAX_PRIORITY),
-                     quantize_delay_ms(delay_s), {str(k): str(v) for k, v in (headers or {}).items()})
-            for body, queue, priority, delay_s, headers in items
-        ]
-        if outgoing:
-            self._publishes.call(outgoing)
+        out = outgoing(items)
+        if out:
+            self._publishes.call(out)
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> _RabbitmqConsumer:
         consumer = _RabbitmqConsumer(self, list(queues), prefetch)
-        self._call(consumer.start(), OPERATION_TIMEOUT_S, f"consume {list(queues)!r}")
+        consumer.subscription = self._call(
+            self.link.consume(queues, prefetch, consumer.on_message), OPERATION_TIMEOUT_S,
+            f"consume {list(queues)!r}")
         with self._lock:
             self._consumers.add(consumer)
         return consumer
@@ -165,7 +167,7 @@ class RabbitmqBroker:
     def dead_letters(self, limit: int = 100) -> list[tuple[bytes, dict[str, str]]]:
         if limit <= 0:
             return []
-        return self._call(self._session.peek_dead(limit), OPERATION_TIMEOUT_S, "peek dead letters")
+        return self._call(self.link.peek_dead(limit), OPERATION_TIMEOUT_S, "peek dead letters")
 
     def delete_topology(self) -> None:
         """Delete this namespace's exchange, dead-letter queue and the queues this broker
@@ -175,7 +177,7 @@ class RabbitmqBroker:
             consumers = list(self._consumers)
         for consumer in consumers:
             consumer.close()
-        self._call(self._session.delete_topology(), OPERATION_TIMEOUT_S, "delete topology")
+        self._call(self.link.delete_topology(), OPERATION_TIMEOUT_S, "delete topology")
 
     def close(self) -> None:
         with self._lock:
@@ -186,13 +188,12 @@ class RabbitmqBroker:
         for consumer in consumers:
             consumer.close()
         try:
-            self._thread.run(self._session.disconnect(), OPERATION_TIMEOUT_S)
+            self._thread.run(self.link.close(), OPERATION_TIMEOUT_S)
         except Exception as exc:  # closing anyway: the loop stops below
             logger.debug("closing the RabbitMQ connection failed: %r", exc)
         self._thread.stop()
 
     # -- for consumers and deliveries ------------------------------------------------------
-
     def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float, what: str) -> T:
         if self._closed:
             coro.close()
@@ -205,8 +206,10 @@ class RabbitmqBroker:
             return self._thread.run(coro, timeout_s)
         except ConveyorError:
             raise
+        except TimeoutError as exc:
+            raise BrokerConnectionError(f"{what}: RabbitMQ at {self.link.safe_url}: {exc!r}") from exc
         except CONNECTION_ERRORS as exc:
-            raise BrokerConnectionError(f"{what}: RabbitMQ at {self._session.safe_url}: {exc!r}") from exc
+            raise BrokerConnectionError(f"{what}: RabbitMQ at {self.link.safe_url}: {exc!r}") from exc
         except DRIVER_ERRORS as exc:
             raise BrokerError(f"{what}: {exc!r}") from exc
 
@@ -214,77 +217,55 @@ class RabbitmqBroker:
         with self._lock:
             self._consumers.discard(consumer)
 
-    def _submit(self, action: Coroutine[Any, Any, None], what: str) -> None:
+    def _submit(self, action: Coroutine[Any, Any, None]) -> None:
         """Settle a delivery on the loop without waiting (ack, nack)."""
         if self._closed:
             action.close()
-            logger.debug("%s ignored: the broker is closed", what)
             return
-        self._thread.submit(_settle(action, what))
-
-    def _republish(self, message: AbstractIncomingMessage, outgoing: Outgoing, what: str) -> None:
-        """Publish a copy (confirmed), then ack the original: delayed retry, dead letter."""
-        async def republish() -> None:
-            await self._session.publish_all([outgoing])
-            await _settle(message.ack(), f"ack after {what}")
-
-        self._call(republish(), OUTAGE_S + OPERATION_TIMEOUT_S, what)
-
-
-async def _settle(action: Awaitable[None], what: str) -> None:
-    """Await an ack/nack; on a dead channel (or a second settle) log and move on."""
-    try:
-        await action
-    except (MessageProcessError, *CONNECTION_EXCEPTIONS) as exc:
-        logger.debug("%s ignored (channel gone or already settled): %r", what, exc)
+        self._thread.submit(action)
 
 
 class _RabbitmqDelivery:
-    __slots__ = ("_broker", "_message", "body", "headers", "queue", "redelivered")
+    __slots__ = ("_broker", "_incoming", "body", "headers", "queue", "redelivered")
     body: bytes
     headers: Mapping[str, str]
     queue: str
     redelivered: bool
 
-    def __init__(self, broker: RabbitmqBroker, message: AbstractIncomingMessage, queue: str) -> None:
+    def __init__(self, broker: RabbitmqBroker, incoming: Incoming) -> None:
         self._broker = broker
-        self._message = message
-        self.body = message.body
-        self.headers = str_headers(message.headers)
-        self.queue = queue
-        self.redelivered = bool(message.redelivered)
+        self._incoming = incoming
+        self.body = incoming.body
+        self.headers = incoming.headers
+        self.queue = incoming.queue
+        self.redelivered = incoming.redelivered
 
     def __repr__(self) -> str:
-        return f"<RabbitmqDelivery queue={self.queue!r} tag={self._message.delivery_tag}>"
+        return f"<RabbitmqDelivery queue={self.queue!r} tag={self._incoming.tag}>"
 
     def ack(self) -> None:
-        self._broker._submit(self._message.ack(), "ack")
+        self._broker._submit(self._broker.link.ack(self._incoming))
 
     def nack(self, *, requeue: bool, delay_s: float = 0.0) -> None:
         if requeue and delay_s > 0:
-            retry = Outgoing(self.body, self.queue, self._priority(), quantize_delay_ms(delay_s),
-                              dict(self.headers))
-            self._broker._republish(self._message, retry, "delayed requeue")
+            retry = Outgoing(self.body, self.queue, self._incoming.priority, quantize_delay_ms(delay_s),
+                             dict(self.headers))
+            self._broker._call(self._broker.link.republish(self._incoming, retry),
+                               _amqp_loop.OUTAGE_S + OPERATION_TIMEOUT_S, "delayed requeue")
         else:
-            self._broker._submit(self._message.nack(requeue=requeue), "nack")
+            self._broker._submit(self._broker.link.nack(self._incoming, requeue=requeue))
 
     def dead_letter(self, reason: str) -> None:
         headers = {**self.headers, "x-conveyor-reason": reason, "x-conveyor-queue": self.queue}
-        dead = Outgoing(self.body, self.queue, self._priority(), 0, headers, dead=True)
-        self._broker._republish(self._message, dead, "dead letter")
+        dead = Outgoing(self.body, self.queue, self._incoming.priority, 0, headers, dead=True)
+        self._broker._call(self._broker.link.republish(self._incoming, dead),
+                           _amqp_loop.OUTAGE_S + OPERATION_TIMEOUT_S, "dead letter")
 
     def renew(self, lease_s: float) -> None:
         """RabbitMQ holds a delivery as long as its channel lives: nothing to renew."""
 
-    def _priority(self) -> int:
-        return min(max(self._message.priority or 0, 0), MAX_PRIORITY)
-
-    def _stale(self) -> bool:
-        """True once its channel died: RabbitMQ has requeued it already."""
-        try:
-            return bool(self._message.channel.is_closed)
-        except ChannelInvalidStateError:
-            return True
+    def stale(self) -> bool:
+        return not self._broker.link.live(self._incoming)
 
 
 class _RabbitmqConsumer:
@@ -293,11 +274,15 @@ class _RabbitmqConsumer:
     def __init__(self, broker: RabbitmqBroker, queues: list[str], prefetch: int) -> None:
         self._broker = broker
         self._queues = queues
-        self._prefetch = max(1, prefetch)
         self._buffer: queue_module.Queue[_RabbitmqDelivery | None] = queue_module.Queue()
         self._closed = False
-        self._channel: AbstractRobustChannel | None = None
-        self._subscriptions: list[tuple[AbstractRobustQueue, str]] = []
+        self.subscription: Subscription | None = None
+
+    def on_message(self, incoming: Incoming) -> None:
+        if self._closed:  # arrived between close() and basic.cancel-ok
+            self._broker._submit(self._broker.link.nack(incoming, requeue=True))
+            return
+        self._buffer.put(_RabbitmqDelivery(self._broker, incoming))
 
     def get(self, timeout_s: float) -> _RabbitmqDelivery | None:
         deadline = time.monotonic() + timeout_s
@@ -308,7 +293,7 @@ class _RabbitmqConsumer:
                 return None
             if delivery is None:  # woken by close()
                 return None
-            if not delivery._stale():
+            if not delivery.stale():
                 return delivery
             logger.debug("dropped %r: its channel died, RabbitMQ redelivers it", delivery)
         return None
@@ -324,41 +309,16 @@ class _RabbitmqConsumer:
         self._buffer.put(None)
         self._broker._forget(self)
 
-    async def start(self) -> None:
-        broker = self._broker
-        self._channel = await broker._session.connection.channel(publisher_confirms=False)
-        try:
-            # Global (per-channel) QoS bounds the sum over several queues; quorum refuses it.
-            shared = broker.queue_type == "classic" and len(self._queues) > 1
-            await self._channel.set_qos(prefetch_count=self._prefetch, global_=shared)
-            for name in self._queues:
-                amqp_name = await broker._session.ensure_queue(name)
-                amqp_queue = await self._channel.declare_queue(
-                    amqp_name, durable=True, arguments=broker._session.queue_arguments())
-                tag = await amqp_queue.consume(partial(self._on_message, name))
-                self._subscriptions.append((amqp_queue, tag))
-        except BaseException:
-            await self._channel.close()
-            raise
-
-    async def _on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
-        if self._closed:  # arrived between close() and basic.cancel-ok
-            await _settle(message.nack(requeue=True), "nack after close")
-            return
-        self._buffer.put(_RabbitmqDelivery(self._broker, message, queue))
-
     async def _stop(self) -> None:
-        for amqp_queue, tag in self._subscriptions:
-            try:
-                await amqp_queue.cancel(tag)
-            except CONNECTION_EXCEPTIONS as exc:
-                logger.debug("cancel consumer %s failed: %r", tag, exc)
+        link = self._broker.link
+        if self.subscription is None:
+            return
+        await link.cancel(self.subscription)
         while True:
             try:
                 delivery = self._buffer.get_nowait()
             except queue_module.Empty:
                 break
             if delivery is not None:
-                await _settle(delivery._message.nack(requeue=True), "nack on close")
-        if self._channel is not None:
-            await self._channel.close()
+                await link.nack(delivery._incoming, requeue=True)
+        await link.close_channel(self.subscription)

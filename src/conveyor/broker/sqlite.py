@@ -13,6 +13,7 @@ The store may live in the same file; this module's tables are prefixed ``broker_
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -66,7 +67,7 @@ def _headers(text: str | None) -> dict[str, str]:
 
 
 @dataclass(slots=True)
-class _Leased:
+class Leased:
     seq: int
     queue: str
     body: bytes
@@ -98,6 +99,13 @@ class SqliteBroker:
 
     def publish_many(self, items: Iterable[PublishItem]) -> None:
         """Publish (body, queue, priority, delay_s, headers) items in one transaction."""
+        with self._db.transaction() as conn:
+            self.insert_in(conn, items)
+
+    @staticmethod
+    def insert_in(conn: sqlite3.Connection, items: Iterable[PublishItem]) -> None:
+        """``publish_many`` inside the caller's transaction on the same file (the embedded
+        store commits a task change and its message together)."""
         at = time.time()
         rows = []
         for body, queue, priority, delay_s, headers in items:
@@ -105,11 +113,10 @@ class SqliteBroker:
                 raise ValueError(f"priority must be 0-9, not {priority}")
             encoded = orjson.dumps(dict(headers)).decode() if headers else None
             rows.append((queue, priority, at + max(delay_s, 0.0), bytes(body), encoded))
-        with self._db.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO broker_messages (queue, priority, available_at, body, headers) VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
+        conn.executemany(
+            "INSERT INTO broker_messages (queue, priority, available_at, body, headers) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> _SqliteConsumer:
         if not queues:
@@ -135,33 +142,19 @@ class SqliteBroker:
 
     # -- used by consumers and deliveries ------------------------------------------------
 
-    def _lease(self, owner: str, queues: tuple[str, ...], limit: int) -> list[_Leased]:
-        now = time.time()
-        until = now + self.lease_s
-        sql = _LEASE.format(marks=_marks(len(queues)))
+    def _lease(self, owner: str, queues: tuple[str, ...], limit: int) -> list[Leased]:
         with self._db.locked() as conn:
-            rows = conn.execute(sql, (owner, until, *queues, now, now, limit)).fetchall()
-        rows.sort(key=lambda r: (-r[5], r[6], r[0]))  # RETURNING order is unspecified
-        return [_Leased(seq, q, bytes(body), _headers(h), count > 1, until)
-                for seq, q, body, h, count, _, _ in rows]
+            return lease_in(conn, owner, queues, limit, self.lease_s)
 
     def _has_ready(self, queues: tuple[str, ...]) -> bool:
         """A read-only look, so idle consumers do not take the write lock every poll."""
-        now = time.time()
         with self._db.locked() as conn:
-            row = conn.execute(_PROBE.format(marks=_marks(len(queues))), (*queues, now, now)).fetchone()
-        return row is not None
+            return has_ready_in(conn, queues)
 
     def _renew(self, seqs: Sequence[int], owner: str, lease_s: float) -> tuple[set[int], float]:
         """Extend the leases ``owner`` still holds; returns those seqs and the new deadline."""
-        until = time.time() + lease_s
         with self._db.locked() as conn:
-            rows = conn.execute(
-                f"UPDATE broker_messages SET lease_until = ? WHERE seq IN ({_marks(len(seqs))})"
-                " AND lease_owner = ? RETURNING seq",
-                (until, *seqs, owner),
-            ).fetchall()
-        return {r[0] for r in rows}, until
+            return renew_in(conn, seqs, owner, lease_s)
 
     def _release(self, seqs: Sequence[int], owner: str) -> None:
         """Give back leased rows never handed out: they do not count as delivered."""
@@ -175,32 +168,74 @@ class SqliteBroker:
 
     def _delete(self, seq: int, owner: str) -> bool:
         with self._db.locked() as conn:
-            cursor = conn.execute(
-                "DELETE FROM broker_messages WHERE seq = ? AND lease_owner = ?", (seq, owner)
-            )
-        return cursor.rowcount == 1
+            return delete_in(conn, [seq], owner) == 1
 
     def _requeue(self, seq: int, owner: str, delay_s: float) -> bool:
         with self._db.locked() as conn:
-            cursor = conn.execute(
-                "UPDATE broker_messages SET lease_owner = NULL, lease_until = NULL, available_at = ?"
-                " WHERE seq = ? AND lease_owner = ?",
-                (time.time() + max(delay_s, 0.0), seq, owner),
-            )
-        return cursor.rowcount == 1
+            return requeue_in(conn, seq, owner, delay_s)
 
-    def _dead_letter(self, leased: _Leased, owner: str, reason: str) -> bool:
-        headers = {**leased.headers, "x-conveyor-reason": reason, "x-conveyor-queue": leased.queue}
+    def _dead_letter(self, leased: Leased, owner: str, reason: str) -> bool:
         with self._db.transaction() as conn:
-            cursor = conn.execute("DELETE FROM broker_messages WHERE seq = ? AND lease_owner = ?",
-                                  (leased.seq, owner))
-            if cursor.rowcount != 1:
-                return False
-            conn.execute(
-                "INSERT INTO broker_dead (queue, body, headers, at) VALUES (?, ?, ?, ?)",
-                (leased.queue, leased.body, orjson.dumps(headers).decode(), time.time()),
-            )
-        return True
+            return dead_letter_in(conn, leased, owner, reason)
+
+
+# -- the broker's statements, on any connection to the file (the embedded worker runs them in
+# -- the same transactions as the store's claims and outcomes: ``worker/sqlite_backend.py``) ----
+def lease_in(conn: sqlite3.Connection, owner: str, queues: Sequence[str], limit: int,
+             lease_s: float) -> list[Leased]:
+    """Lease up to ``limit`` ready messages of ``queues`` to ``owner``, best first."""
+    now = time.time()
+    until = now + lease_s
+    sql = _LEASE.format(marks=_marks(len(queues)))
+    rows = conn.execute(sql, (owner, until, *queues, now, now, limit)).fetchall()
+    rows.sort(key=lambda r: (-r[5], r[6], r[0]))  # RETURNING order is unspecified
+    return [Leased(seq, q, bytes(body), _headers(h), count > 1, until)
+            for seq, q, body, h, count, _, _ in rows]
+
+
+def has_ready_in(conn: sqlite3.Connection, queues: Sequence[str]) -> bool:
+    now = time.time()
+    return conn.execute(_PROBE.format(marks=_marks(len(queues))), (*queues, now, now)).fetchone() is not None
+
+
+def renew_in(conn: sqlite3.Connection, seqs: Sequence[int], owner: str, lease_s: float) -> tuple[set[int], float]:
+    until = time.time() + lease_s
+    rows = conn.execute(
+        f"UPDATE broker_messages SET lease_until = ? WHERE seq IN ({_marks(len(seqs))})"
+        " AND lease_owner = ? RETURNING seq",
+        (until, *seqs, owner),
+    ).fetchall()
+    return {r[0] for r in rows}, until
+
+
+def delete_in(conn: sqlite3.Connection, seqs: Sequence[int], owner: str) -> int:
+    """Ack: remove the rows ``owner`` still leases; returns how many."""
+    if not seqs:
+        return 0
+    cursor = conn.execute(
+        f"DELETE FROM broker_messages WHERE seq IN ({_marks(len(seqs))}) AND lease_owner = ?", (*seqs, owner))
+    return cursor.rowcount
+
+
+def requeue_in(conn: sqlite3.Connection, seq: int, owner: str, delay_s: float) -> bool:
+    cursor = conn.execute(
+        "UPDATE broker_messages SET lease_owner = NULL, lease_until = NULL, available_at = ?"
+        " WHERE seq = ? AND lease_owner = ?",
+        (time.time() + max(delay_s, 0.0), seq, owner),
+    )
+    return cursor.rowcount == 1
+
+
+def dead_letter_in(conn: sqlite3.Connection, leased: Leased, owner: str, reason: str) -> bool:
+    headers = {**leased.headers, "x-conveyor-reason": reason, "x-conveyor-queue": leased.queue}
+    cursor = conn.execute("DELETE FROM broker_messages WHERE seq = ? AND lease_owner = ?", (leased.seq, owner))
+    if cursor.rowcount != 1:
+        return False
+    conn.execute(
+        "INSERT INTO broker_dead (queue, body, headers, at) VALUES (?, ?, ?, ?)",
+        (leased.queue, leased.body, orjson.dumps(headers).decode(), time.time()),
+    )
+    return True
 
 
 class _SqliteConsumer:
@@ -212,7 +247,7 @@ class _SqliteConsumer:
         self._prefetch = prefetch
         self._owner = uuid.uuid4().hex
         self._lock = threading.Lock()
-        self._buffer: deque[_Leased] = deque()
+        self._buffer: deque[Leased] = deque()
         self._handed_out: set[int] = set()
         self._closed = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -307,7 +342,7 @@ class _SqliteConsumer:
 
 
 class _SqliteDelivery:
-    def __init__(self, consumer: _SqliteConsumer, leased: _Leased) -> None:
+    def __init__(self, consumer: _SqliteConsumer, leased: Leased) -> None:
         self.body = leased.body
         self.headers: Mapping[str, str] = leased.headers
         self.queue = leased.queue

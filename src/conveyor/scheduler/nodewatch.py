@@ -14,10 +14,9 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from conveyor.broker.base import Broker
 from conveyor.config import Settings
 from conveyor.model import TaskFilter, TaskStatus
-from conveyor.recovery import recover_expired
+from conveyor.recovery import Publish, recover_expired, republish_unpublished
 from conveyor.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -54,15 +53,17 @@ def lost_node_tasks_expired(store: Store, at: float) -> bool:
     return False
 
 
-def watch_nodes(store: Store, broker: Broker, settings: Settings, at: float) -> WatchResult:
+def watch_nodes(store: Store, publish: Publish, settings: Settings, at: float) -> WatchResult:
     """One pass of the node watch at time ``at``."""
     lost = mark_lost_nodes(store, settings, at)
     recovered = 0
     if lost_node_tasks_expired(store, at):
-        recovered = recover_expired(store, broker, lease_s=0.0, max_crashes=settings.max_crashes)
+        recovered = recover_expired(store, publish, lease_s=0.0, max_crashes=settings.max_crashes)
     return WatchResult(lost, recovered)
 
 
-def sweep_expired(store: Store, broker: Broker, settings: Settings) -> int:
-    """The periodic sweep: tasks whose lease expired more than one lease ago, whoever owned them."""
-    return recover_expired(store, broker, lease_s=settings.lease_s, max_crashes=settings.max_crashes)
+def sweep_expired(store: Store, publish: Publish, settings: Settings) -> int:
+    """The periodic sweep: tasks whose lease expired more than one lease ago, whoever owned them;
+    and messages a crash left unpublished (outbox intents older than ``outbox_grace_s``)."""
+    recovered = recover_expired(store, publish, lease_s=settings.lease_s, max_crashes=settings.max_crashes)
+    return recovered + republish_unpublished(store, publish, grace_s=settings.outbox_grace_s)

@@ -197,10 +197,10 @@ class SchedulerService:
         return max(0.0, min(self.tick_s, self._next_renew - time.monotonic()))
 
     def _watch(self) -> None:
-        store, broker = self.tasks.store, self.tasks.broker
+        store, publish = self.tasks.store, self.tasks.publisher.publish_now
         try:
-            watch_nodes(store, broker, self.settings, self.clock())
-            sweep_expired(store, broker, self.settings)
+            watch_nodes(store, publish, self.settings, self.clock())
+            sweep_expired(store, publish, self.settings)
         except ConveyorError as exc:
             log.warning("node watch failed: %s", exc, extra={"action": "node_watch"})
 

@@ -49,8 +49,10 @@ class PostgresStats(StatsStore):
             raise StoreError(f"postgres statistics: {exc}") from exc
 
     def _delete_finished(self, run: Run, finished_before: float, limit: int) -> list[tuple[str, str]]:
-        # Events go with their task (ON DELETE CASCADE); SKIP LOCKED: never wait on a busy row.
-        rows = run("DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s"
-                   " ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING queue, status",
-                   (finished_before, limit))
+        # The events go in the same statement (no foreign key cascades them since 0003);
+        # SKIP LOCKED: never wait on a row a worker holds.
+        rows = run("WITH d AS (DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s"
+                   " ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id, queue, status),"
+                   " e AS (DELETE FROM task_events WHERE task_id IN (SELECT id FROM d))"
+                   " SELECT queue, status FROM d", (finished_before, limit))
         return [(queue, status) for queue, status in rows]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,8 +28,9 @@ from psycopg_pool import ConnectionPool
 from conveyor.batching import Combiner
 from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, TaskNotFound
 from conveyor.message import dumps
-from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition, now
+from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition
 from conveyor.store import postgres_batch as batch
+from conveyor.store.base import Outcome
 from conveyor.store.migrate import apply_pending
 
 __all__ = ["PostgresStore", "UpdateItem"]
@@ -48,30 +50,27 @@ _CHANGEABLE = frozenset(_FIELDS) - {"id", "status", "version"}
 _EVENT_COLS = "task_id, from_status, to_status, at, node, detail"
 _NODE_COLS = "id, host, pid, queues, concurrency, started_at, last_heartbeat, status, in_flight, done"
 
+# A new task, its creation event and (``publish``) its outbox intent, in one statement. ON CONFLICT
+# without a target: an idempotency key already taken, or an id a worker already adopted from the
+# message, both insert nothing.
 _INSERT_SQL = f"""
-WITH t AS (
+WITH c AS (SELECT {batch.CLOCK} AS now), t AS (
     INSERT INTO tasks ({_COLS}) VALUES ({", ".join(["%s"] * len(_FIELDS))})
-    ON CONFLICT (idempotency_key) DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING {_COLS}
 ), e AS (
     INSERT INTO task_events ({_EVENT_COLS})
-    SELECT id, NULL, status, %s::float8, NULL, %s::text FROM t
+    SELECT id, NULL, status, c.now, NULL, %s::text FROM t, c
+), o AS (
+    INSERT INTO task_outbox (task_id, version, at) SELECT id, version, c.now FROM t, c WHERE %s::bool
 )
 SELECT {_COLS} FROM t
 """
 
-
-_STARTS_SQL = batch.starts_sql(_FIELDS, _COLS, _EVENT_COLS)
-_FINISHES_SQL = batch.finishes_sql(_FIELDS, _COLS, _EVENT_COLS)
-
-
-def _is_plain_success(task: Task, to_status: TaskStatus | None, node: str | None, detail: str | None,
-                      changes: dict[str, Any]) -> bool:
-    """A worker recording a result: running -> succeeded, nothing else changed."""
-    return (to_status is TaskStatus.SUCCEEDED and task.status is TaskStatus.RUNNING and node is not None
-            and detail is None and "finished_at" in changes
-            and set(changes) <= {"result", "error", "finished_at", "lease_until"}
-            and changes.get("error") is None and changes.get("lease_until") is None)
+_CLAIMS_SQL = batch.claims_sql(_FIELDS, _COLS, _EVENT_COLS)
+_OUTCOMES_SQL = batch.outcomes_sql(_FIELDS, _COLS, _EVENT_COLS)
+_CLOCK_SQL = f"SELECT {batch.CLOCK}"
+_CLOCK_REFRESH_S = 60.0
 
 
 def _make_task(values: Sequence[Any]) -> Task:
@@ -98,23 +97,26 @@ def _task_values(task: Task) -> list[Any]:
 
 
 @functools.lru_cache(maxsize=256)
-def _update_sql(columns: tuple[str, ...], with_event: bool) -> str:
+def _update_sql(columns: tuple[str, ...], with_event: bool, publish: bool) -> str:
     """The CAS statement that sets ``columns``; cached so psycopg can prepare it once per shape."""
     sets = "".join(f"{col} = %s, " for col in columns)
     update = f"UPDATE tasks SET {sets}version = version + 1 WHERE id = %s AND version = %s RETURNING {_COLS}"
-    if not with_event:
+    if not with_event and not publish:
         return update
-    return f"""
-WITH u AS ({update}), e AS (
+    event = f"""e AS (
     INSERT INTO task_events ({_EVENT_COLS})
-    SELECT id, %s::text, %s::text, %s::float8, %s::text, %s::text FROM u
-)
-SELECT {_COLS} FROM u
-"""
+    SELECT id, %s::text, %s::text, {batch.CLOCK}, %s::text, %s::text FROM u
+), """ if with_event else ""
+    outbox = f"""o AS (
+    INSERT INTO task_outbox (task_id, version, at) SELECT id, version, {batch.CLOCK} FROM u
+    ON CONFLICT (task_id) DO UPDATE SET version = EXCLUDED.version, at = EXCLUDED.at
+), """ if publish else ""
+    return f"WITH u AS ({update}), {event}{outbox}x AS (SELECT 1) SELECT {_COLS} FROM u"
 
 
 def _plan_update(
-    task: Task, to_status: TaskStatus | None, node: str | None, detail: str | None, changes: dict[str, Any]
+    task: Task, to_status: TaskStatus | None, node: str | None, detail: str | None, changes: dict[str, Any],
+    publish: bool = False,
 ) -> tuple[str, list[Any]]:
     """Validate one update and return its statement and parameters (nothing is sent)."""
     unknown = set(changes) - _CHANGEABLE
@@ -133,8 +135,8 @@ def _plan_update(
         values.append(_column_value(name, value))
     values += [task.id, task.version]
     if to_status is not None:
-        values += [task.status.value, to_status.value, now(), node, detail]
-    return _update_sql(tuple(columns), to_status is not None), values
+        values += [task.status.value, to_status.value, node, detail]
+    return _update_sql(tuple(columns), to_status is not None, publish), values
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -178,9 +180,10 @@ class PostgresStore:
             name="conveyor-store",
             open=True,
         )
+        self.url = url
         self._writes: Combiner[_Write, Task | None] = Combiner(self._write_batch)
-        self._starts: Combiner[batch.StartItem, Task | None] = Combiner(self._start_batch)
-        self._finishes: Combiner[batch.FinishItem, Task | None] = Combiner(self._finish_batch)
+        self._clock_offset = 0.0
+        self._clock_read_at = -_CLOCK_REFRESH_S
         try:
             with _driver_errors("connect"):
                 self._pool.wait(timeout=connect_timeout_s)
@@ -218,24 +221,47 @@ class PostgresStore:
         except ConveyorError as exc:  # e.g. SerializationError from the JSON dumper
             return exc
 
-    def create(self, task: Task, *, detail: str | None = None) -> tuple[Task, bool]:
-        params = [*_task_values(task), now(), detail]
+    def now(self) -> float:
+        """The server's clock: this process's clock plus an offset measured every minute (the
+        midpoint of a round trip), so reading it costs nothing between measurements."""
+        local = time.time()
+        if time.monotonic() - self._clock_read_at >= _CLOCK_REFRESH_S:
+            try:
+                with self._pool.connection() as conn:
+                    before = time.time()
+                    row = conn.execute(_CLOCK_SQL).fetchone()
+                    after = time.time()
+                assert row is not None
+                self._clock_offset = float(row[0]) - (before + after) / 2
+                self._clock_read_at = time.monotonic()
+                local = after
+            except psycopg.Error:
+                pass  # keep the last offset: a clock read must not fail a caller
+        return local + self._clock_offset
+
+    def create(self, task: Task, *, detail: str | None = None, publish: bool = True) -> tuple[Task, bool]:
+        params = [*_task_values(task), detail, publish]
         with _driver_errors("create"):
             created = self._writes.call((_INSERT_SQL, params))
-        # Only an idempotency key conflict inserts nothing without raising.
-        return (created, True) if created is not None else (self._by_key(task), False)
+        # Only a conflict (idempotency key, or an id already adopted) inserts nothing without raising.
+        return (created, True) if created is not None else (self._existing(task), False)
 
-    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None) -> list[tuple[Task, bool]]:
+    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None,
+                    publish: bool = True) -> list[tuple[Task, bool]]:
         """One transaction, one pipelined round trip (plus one per idempotency-key conflict)."""
-        at = now()
         with _driver_errors("create_many"):
-            written = self._write_batch([(_INSERT_SQL, [*_task_values(t), at, detail]) for t in tasks])
+            written = self._write_batch([(_INSERT_SQL, [*_task_values(t), detail, publish]) for t in tasks])
         results: list[tuple[Task, bool]] = []
         for task, row in zip(tasks, written, strict=True):
             if isinstance(row, BaseException):
                 raise row
-            results.append((row, True) if row is not None else (self._by_key(task), False))
+            results.append((row, True) if row is not None else (self._existing(task), False))
         return results
+
+    def _existing(self, task: Task) -> Task:
+        if task.idempotency_key is None:
+            return self.get(task.id)
+        return self._by_key(task)
 
     def _by_key(self, task: Task) -> Task:
         with _driver_errors("create"), self._pool.connection() as conn:
@@ -263,18 +289,14 @@ class PostgresStore:
         *,
         node: str | None = None,
         detail: str | None = None,
+        publish: bool = False,
         **changes: Any,
     ) -> Task:
         """Compare-and-set on ``task.version``. ``node`` (when given) becomes the task's node and
         is recorded on the event; ``None`` leaves the task's node as it is."""
         with _driver_errors("update"):
-            if _is_plain_success(task, to_status, node, detail, changes):
-                # The hottest write of all: a set-based statement shared by concurrent workers.
-                finished = (task.id, task.version, changes.get("result"), changes["finished_at"], node or "")
-                written = self._finishes.call(finished)
-            else:
-                query, params = _plan_update(task, to_status, node, detail, changes)
-                written = self._writes.call((query, params))
+            query, params = _plan_update(task, to_status, node, detail, changes, publish)
+            written = self._writes.call((query, params))
         if written is not None:
             return written
         with _driver_errors("update"), self._pool.connection() as conn:
@@ -283,34 +305,23 @@ class PostgresStore:
             raise TaskNotFound(task.id)
         raise ConcurrentUpdate(task.id)
 
-    def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
-        with _driver_errors("start_attempt"):
-            return self._starts.call((task_id, at, lease_until, node))
+    def claim_many(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
+        keep = batch.first_of_each_id([c[0] for c in claims])
+        with _driver_errors("claim"), self._by_key_lookups() as conn:
+            rows = conn.cursor(row_factory=_task_rows).execute(
+                _CLAIMS_SQL, batch.claims_params([claims[k] for k in keep], node, lease_s)).fetchall()
+        started = {t.id: t for t in rows}
+        kept = set(keep)
+        return [started.get(c[0]) if i in kept else None for i, c in enumerate(claims)]
 
-    def _start_batch(self, items: Sequence[batch.StartItem]) -> list[Task | BaseException | None]:
-        return self._set_based(_STARTS_SQL, batch.starts_params, items)
-
-    def _finish_batch(self, items: Sequence[batch.FinishItem]) -> list[Task | BaseException | None]:
-        return self._set_based(_FINISHES_SQL, batch.finishes_params, items)
-
-    def _set_based(self, sql: str, params: Callable[[Sequence[Any]], dict[str, Any]],
-                   items: Sequence[Any]) -> list[Task | BaseException | None]:
-        """Run one set-based statement for ``items`` (tuples whose first element is the task id);
-        each item gets its written task, or None where its compare-and-set did not match. If the
-        statement fails as a whole, each item is tried alone so one bad item fails only itself."""
-        keep = batch.first_of_each_id([i[0] for i in items])
-        try:
-            with self._pool.connection() as conn:
-                rows = conn.cursor(row_factory=_task_rows).execute(sql, params([items[k] for k in keep])).fetchall()
-        except (psycopg.Error, ConveyorError) as exc:
-            if len(keep) == 1:
-                return [exc if isinstance(exc, ConveyorError) else StoreError(f"postgres store: {exc}")] * len(items)
-            return [r for item in items for r in self._set_based(sql, params, [item])]
+    def finish_many(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
+        keep = batch.first_of_each_id([o.task_id for o in outcomes])
+        with _driver_errors("finish"), self._by_key_lookups() as conn:
+            rows = conn.cursor(row_factory=_task_rows).execute(
+                _OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep], node)).fetchall()
         written = {t.id: t for t in rows}
-        results: list[Task | BaseException | None] = [None] * len(items)
-        for k in keep:
-            results[k] = written.get(items[k][0])
-        return results
+        kept = set(keep)
+        return [written.get(o.task_id) if i in kept else None for i, o in enumerate(outcomes)]
 
     def update_many(self, items: Sequence[UpdateItem]) -> list[Task | None]:
         """Apply a batch of ``update`` calls in one transaction and (pipelined) one round trip.
@@ -326,26 +337,56 @@ class PostgresStore:
         with _driver_errors("update_many"), self._pool.connection() as conn:
             return _pipelined(conn, plans)
 
-    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> set[uuid.UUID]:
-        """Not a status change: ``version`` is left alone so the owner's next CAS still holds."""
-        if not task_ids:
+    def renew_leases(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
+        if not leases:
             return set()
-        with _driver_errors("renew_leases"), self._pool.connection() as conn:
-            rows = conn.execute(
-                "UPDATE tasks SET lease_until = %s WHERE id = ANY(%s) AND node = %s AND status = 'running'"
-                " RETURNING id",
-                (lease_until, list(task_ids), node),
-            ).fetchall()
+        with _driver_errors("renew_leases"), self._by_key_lookups() as conn:
+            rows = conn.execute(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s)).fetchall()
         return {row[0] for row in rows}
 
-    def expired_leases(self, now: float, limit: int = 100) -> list[Task]:
+    @contextmanager
+    def _by_key_lookups(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction whose plans look tasks up by primary key (see ``batch.BY_KEY``)."""
+        with self._pool.connection() as conn, conn.transaction():
+            for setting in batch.BY_KEY:
+                conn.execute(f"SET LOCAL {setting} = off")
+            yield conn
+
+    def expired_leases(self, older_than_s: float, limit: int = 100) -> list[Task]:
         with _driver_errors("expired_leases"), self._pool.connection() as conn:
             cur = conn.cursor(row_factory=_task_rows)
             return cur.execute(
-                f"SELECT {_COLS} FROM tasks WHERE status = 'running' AND lease_until < %s"
+                f"SELECT {_COLS} FROM tasks WHERE status = 'running' AND lease_until < {batch.CLOCK} - %s"
                 " ORDER BY lease_until LIMIT %s",
-                (now, limit),
+                (older_than_s, limit),
             ).fetchall()
+
+    def unpublished(self, older_than_s: float, limit: int = 500) -> list[Task]:
+        cols = ", ".join("t." + c for c in _FIELDS)
+        with _driver_errors("unpublished"), self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=_task_rows)
+            tasks = cur.execute(
+                f"SELECT {cols} FROM task_outbox o JOIN tasks t ON t.id = o.task_id"
+                f" WHERE o.at < {batch.CLOCK} - %s ORDER BY o.at LIMIT %s",
+                (older_than_s, limit),
+            ).fetchall()
+            # Intents of tasks deleted since (retention) have nothing left to publish.
+            conn.execute(
+                f"DELETE FROM task_outbox o WHERE o.at < {batch.CLOCK} - %s"
+                " AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = o.task_id)", (older_than_s,))
+        return tasks
+
+    def mark_published(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            return
+        with _driver_errors("mark_published"), self._pool.connection() as conn, conn.transaction():
+            # A lost delete only costs a duplicate message from the reconciler: no fsync wait.
+            conn.execute("SET LOCAL synchronous_commit = off")
+            conn.execute(
+                "DELETE FROM task_outbox o USING unnest(%s::uuid[], %s::int[]) AS d(id, version)"
+                " WHERE o.task_id = d.id AND o.version <= d.version",
+                ([t.id for t in tasks], [t.version for t in tasks]),
+            )
 
     def events(self, task_id: uuid.UUID) -> list[TaskEvent]:
         with _driver_errors("events"), self._pool.connection() as conn:

@@ -14,6 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from conveyor._sqlite import SqliteFile
 from conveyor.errors import ConcurrentUpdate, StoreError, TaskNotFound
 from conveyor.message import dumps
 from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition
+from conveyor.store.base import CLAIM_EARLY_SLACK_S, Outcome
 
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
 
@@ -45,6 +47,9 @@ CREATE TABLE IF NOT EXISTS task_events (
     at REAL NOT NULL, node TEXT, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+CREATE TABLE IF NOT EXISTS task_outbox (
+    task_id TEXT PRIMARY KEY, version INTEGER NOT NULL, at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (
     id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, queues TEXT NOT NULL,
     concurrency INTEGER NOT NULL, started_at REAL NOT NULL, last_heartbeat REAL NOT NULL,
@@ -58,7 +63,11 @@ _JSON_COLUMNS = frozenset({"params", "result", "error"})
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks"
 _INSERT = (
     f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-    " ON CONFLICT (idempotency_key) DO NOTHING"
+    " ON CONFLICT DO NOTHING"
+)
+_OUTBOX = (
+    "INSERT INTO task_outbox (task_id, version, at) VALUES (?, ?, ?)"
+    " ON CONFLICT (task_id) DO UPDATE SET version = excluded.version, at = excluded.at"
 )
 # update() may change any field but these: identity, the CAS token, and status (via to_status).
 _CHANGEABLE = frozenset(_COLUMNS) - {"id", "version", "status"}
@@ -94,10 +103,25 @@ def _row_to_task(row: Sequence[Any]) -> Task:
     return Task(**data)
 
 
-def _startable(task: Task, at: float) -> bool:
+def _claimable(task: Task, attempt: int, at: float) -> bool:
+    if task.attempts >= attempt:
+        return False  # a stale copy of an attempt already started
     if task.status is TaskStatus.QUEUED:
         return True
-    return task.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and (task.eta is None or task.eta <= at)
+    return task.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and (
+        task.eta is None or task.eta <= at + CLAIM_EARLY_SLACK_S)
+
+
+def _outcome_changes(task: Task, outcome: Outcome, at: float) -> dict[str, Any]:
+    """The fields an outcome writes (as ``finish_many`` on PostgreSQL: ``postgres_batch``)."""
+    if outcome.status is TaskStatus.QUEUED:  # given back: the interrupted attempt does not count
+        return {"attempts": task.attempts - 1, "queued_at": at, "eta": None, "lease_until": None}
+    changes: dict[str, Any] = {"result": outcome.result, "error": outcome.error, "lease_until": None}
+    if outcome.status is TaskStatus.RETRYING:
+        changes.update(eta=at + outcome.retry_in_s, finished_at=None)
+    else:
+        changes["finished_at"] = at
+    return changes
 
 
 def _row_to_node(row: Sequence[Any]) -> NodeInfo:
@@ -115,24 +139,46 @@ class SqliteStore:
         self.url = url
         self._db = SqliteFile(url, StoreError, "store", _SCHEMA)
 
-    def create(self, task: Task, *, detail: str | None = None) -> tuple[Task, bool]:
-        return self.create_many([task], detail=detail)[0]
+    def now(self) -> float:
+        """The embedded store lives on one machine: its clock is the machine's."""
+        return time.time()
 
-    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None) -> list[tuple[Task, bool]]:
-        results: list[tuple[Task, bool]] = []
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the file (the broker's tables live in it too)."""
+        return self._db.transaction()
+
+    def locked(self) -> AbstractContextManager[sqlite3.Connection]:
+        """The connection, for one statement (autocommit)."""
+        return self._db.locked()
+
+    def create(self, task: Task, *, detail: str | None = None, publish: bool = True) -> tuple[Task, bool]:
+        return self.create_many([task], detail=detail, publish=publish)[0]
+
+    def create_many(self, tasks: Sequence[Task], *, detail: str | None = None,
+                    publish: bool = True) -> list[tuple[Task, bool]]:
         with self._db.transaction() as conn:
-            for task in tasks:
-                results.append(self._insert(conn, task, detail))
-        return results
+            return self.insert(conn, tasks, detail, publish)
 
-    def _insert(self, conn: sqlite3.Connection, task: Task, detail: str | None) -> tuple[Task, bool]:
+    def insert(self, conn: sqlite3.Connection, tasks: Sequence[Task], detail: str | None,
+               publish: bool) -> list[tuple[Task, bool]]:
+        """``create_many`` inside the caller's transaction (the embedded submit also writes
+        the broker's message in it, and then needs no outbox intent)."""
+        return [self._insert(conn, task, detail, publish) for task in tasks]
+
+    def _insert(self, conn: sqlite3.Connection, task: Task, detail: str | None,
+                publish: bool) -> tuple[Task, bool]:
         values = [_encode(c, getattr(task, c)) for c in _COLUMNS]
         if conn.execute(_INSERT, values).rowcount == 0:
-            row = conn.execute(f"{_SELECT} WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
-            if row is None:  # pragma: no cover - only the key conflict is ignored
+            if task.idempotency_key is not None:
+                row = conn.execute(f"{_SELECT} WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+            else:
+                row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task.id),)).fetchone()
+            if row is None:  # pragma: no cover - only the key or id conflict is ignored
                 raise StoreError(f"task {task.id} was not inserted")
             return _row_to_task(row), False
         self._insert_event(conn, task.id, None, task.status, None, detail)
+        if publish:
+            conn.execute(_OUTBOX, (str(task.id), task.version, time.time()))
         return task, True
 
     def get(self, task_id: uuid.UUID) -> Task:
@@ -149,6 +195,7 @@ class SqliteStore:
         *,
         node: str | None = None,
         detail: str | None = None,
+        publish: bool = False,
         **changes: Any,
     ) -> Task:
         """Compare-and-set on ``version``. ``node``, when given, is written to the task and
@@ -159,7 +206,10 @@ class SqliteStore:
         if to_status is not None:
             check_transition(task.id, task.status, to_status)
         with self._db.transaction() as conn:
-            return self._write(conn, task, to_status, node, detail, changes)
+            written = self._write(conn, task, to_status, node, detail, changes)
+            if publish:
+                conn.execute(_OUTBOX, (str(written.id), written.version, time.time()))
+            return written
 
     def _write(self, conn: sqlite3.Connection, task: Task, to_status: TaskStatus | None, node: str | None,
                detail: str | None, changes: dict[str, Any]) -> Task:
@@ -180,17 +230,52 @@ class SqliteStore:
             self._insert_event(conn, task.id, task.status, to_status, node, detail)
         return new
 
-    def start_attempt(self, task_id: uuid.UUID, node: str, *, at: float, lease_until: float) -> Task | None:
+    def claim_many(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
         with self._db.transaction() as conn:
+            return self.claim_in(conn, claims, node, lease_s)
+
+    def claim_in(self, conn: sqlite3.Connection, claims: Sequence[tuple[uuid.UUID, int]], node: str,
+                 lease_s: float) -> list[Task | None]:
+        """``claim_many`` inside the caller's transaction."""
+        at = time.time()
+        started: dict[uuid.UUID, Task] = {}
+        results: list[Task | None] = []
+        for task_id, attempt in claims:
+            if task_id in started:  # one task twice in a batch: the first copy claims it
+                results.append(None)
+                continue
             row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task_id),)).fetchone()
-            if row is None:
-                return None
-            task = _row_to_task(row)
-            if not _startable(task, at):
-                return None
-            changes = {"attempts": task.attempts + 1, "started_at": at, "lease_until": lease_until,
+            task = _row_to_task(row) if row is not None else None
+            if task is None or not _claimable(task, attempt, at):
+                results.append(None)
+                continue
+            changes = {"attempts": attempt, "started_at": at, "lease_until": at + lease_s,
                        "finished_at": None, "queued_at": task.queued_at or at}
-            return self._write(conn, task, TaskStatus.RUNNING, node, f"attempt {task.attempts + 1}", changes)
+            started[task_id] = self._write(conn, task, TaskStatus.RUNNING, node, f"attempt {attempt}", changes)
+            results.append(started[task_id])
+        return results
+
+    def finish_many(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
+        with self._db.transaction() as conn:
+            return self.finish_in(conn, outcomes, node)
+
+    def finish_in(self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
+        """``finish_many`` inside the caller's transaction."""
+        at = time.time()
+        results: list[Task | None] = []
+        for outcome in outcomes:
+            row = conn.execute(
+                f"{_SELECT} WHERE id = ? AND status = 'running' AND attempts = ? AND node = ?",
+                (str(outcome.task_id), outcome.attempt, node)).fetchone()
+            if row is None:
+                results.append(None)  # fenced off: no longer this node's attempt
+                continue
+            task = _row_to_task(row)
+            written = self._write(conn, task, outcome.status, node, outcome.detail, _outcome_changes(task, outcome, at))
+            if outcome.publish:
+                conn.execute(_OUTBOX, (str(written.id), written.version, at))
+            results.append(written)
+        return results
 
     @staticmethod
     def _insert_event(
@@ -204,29 +289,46 @@ class SqliteStore:
             (str(task_id), from_value, to_status.value, time.time(), node, detail),
         )
 
-    def renew_leases(self, task_ids: Sequence[uuid.UUID], node: str, lease_until: float) -> set[uuid.UUID]:
-        """Extend leases in place. This does NOT bump ``version``: a lease is not a status
-        change, and a bump would make the owning worker's next compare-and-set fail."""
-        ids = [str(i) for i in task_ids]
+    def renew_leases(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
+        """Extend leases in place, bumping ``version`` (a take-over's compare-and-set then sees
+        that the owner is alive)."""
+        until = time.time() + lease_s
         renewed: set[uuid.UUID] = set()
         with self._db.transaction() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start:start + _CHUNK]
-                rows = conn.execute(
-                    f"UPDATE tasks SET lease_until = ? WHERE id IN ({', '.join('?' * len(chunk))})"
+            for task_id, attempt in leases:
+                row = conn.execute(
+                    "UPDATE tasks SET lease_until = ?, version = version + 1 WHERE id = ? AND attempts = ?"
                     " AND node = ? AND status = 'running' RETURNING id",
-                    (lease_until, *chunk, node),
-                ).fetchall()
-                renewed.update(uuid.UUID(row[0]) for row in rows)
+                    (until, str(task_id), attempt, node),
+                ).fetchone()
+                if row is not None:
+                    renewed.add(task_id)
         return renewed
 
-    def expired_leases(self, now: float, limit: int = 100) -> list[Task]:
+    def expired_leases(self, older_than_s: float, limit: int = 100) -> list[Task]:
         with self._db.locked() as conn:
             rows = conn.execute(
                 f"{_SELECT} WHERE status = 'running' AND lease_until < ? ORDER BY lease_until LIMIT ?",
-                (now, limit),
+                (time.time() - older_than_s, limit),
             ).fetchall()
         return [_row_to_task(r) for r in rows]
+
+    def unpublished(self, older_than_s: float, limit: int = 500) -> list[Task]:
+        cols = ", ".join("t." + c for c in _COLUMNS)
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT {cols} FROM task_outbox o JOIN tasks t ON t.id = o.task_id WHERE o.at < ?"
+                " ORDER BY o.at LIMIT ?", (time.time() - older_than_s, limit)).fetchall()
+            conn.execute("DELETE FROM task_outbox WHERE at < ? AND task_id NOT IN (SELECT id FROM tasks)",
+                         (time.time() - older_than_s,))
+        return [_row_to_task(r) for r in rows]
+
+    def mark_published(self, tasks: Sequence[Task]) -> None:
+        if not tasks:
+            return
+        with self._db.transaction() as conn:
+            conn.executemany("DELETE FROM task_outbox WHERE task_id = ? AND version <= ?",
+                             [(str(t.id), t.version) for t in tasks])
 
     def events(self, task_id: uuid.UUID) -> list[TaskEvent]:
         with self._db.locked() as conn:

@@ -1,82 +1,100 @@
-"""Run one handler: sync handlers in threads, async ones on the worker's event loop,
-CPU-bound ones in a process (``--pool process``); enforce the timeout; capture errors."""
+"""Run one handler: sync handlers on handler threads, async ones on the worker's event loop,
+CPU-bound ones in child processes (``--pool process``); enforce the timeout; capture errors.
+
+Python cannot kill a thread, so a sync handler past its timeout is abandoned: the attempt fails
+as ``timeout`` at once, its thread finishes the call in the background and then exits, and a
+fresh thread takes its place so the node keeps its concurrency (``--pool process`` kills the
+child instead: a hard timeout).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import queue
 import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-from conveyor._loop_thread import EventLoopThread
 from conveyor.errors import TaskTimeout
-from conveyor.task import TaskSpec
+
+Job = tuple[Future[Any], Callable[..., Any], dict[str, Any], contextvars.Context]
 
 
-def _run_on_loop(loop: EventLoopThread, handler: Callable[..., Any], params: dict[str, Any],
-                 timeout: float | None) -> Any:
-    context = contextvars.copy_context()  # carries current_task() onto the loop
+class HandlerThreads:
+    """``size`` threads taking jobs from one queue; an abandoned job's thread is replaced."""
 
-    async def start() -> Any:
-        task = asyncio.get_running_loop().create_task(_with_timeout(handler(**params), timeout), context=context)
-        return await task
+    def __init__(self, size: int, name: str = "conveyor-handler") -> None:
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._name = name
+        self._lock = threading.Lock()
+        self._abandoned: set[int] = set()  # ids of futures whose thread must exit after the call
+        self._count = 0
+        for _ in range(max(1, size)):
+            self._spawn()
 
-    return loop.run(start(), None)  # the timeout is enforced inside, where it cancels the handler
+    def _spawn(self) -> None:
+        with self._lock:
+            self._count += 1
+            name = f"{self._name}-{self._count}"
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def submit(self, handler: Callable[..., Any], params: dict[str, Any], context: contextvars.Context) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((future, handler, params, context))
+        return future
+
+    def abandon(self, future: Future[Any]) -> None:
+        """The job behind ``future`` overran: let its thread finish and exit; start another."""
+        with self._lock:
+            if future.done():
+                return
+            self._abandoned.add(id(future))
+        self._spawn()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, handler, params, context = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(context.run(handler, **params))
+            except BaseException as exc:
+                future.set_exception(exc)
+            with self._lock:
+                if id(future) in self._abandoned:
+                    self._abandoned.discard(id(future))
+                    return
+
+    def close(self) -> None:
+        with self._lock:
+            count = self._count
+        for _ in range(count):
+            self._jobs.put(None)
 
 
-async def _with_timeout(coro: Any, timeout: float | None) -> Any:
+async def run_sync(threads: HandlerThreads, handler: Callable[..., Any], params: dict[str, Any],
+                   timeout: float | None, context: contextvars.Context) -> Any:
+    future = threads.submit(handler, params, context)
     try:
-        return await asyncio.wait_for(coro, timeout)
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
     except TimeoutError:
+        threads.abandon(future)
         raise TaskTimeout(timeout or 0) from None
 
 
-class ThreadExecutor:
-    """Runs sync handlers in the calling slot thread; with a timeout, in a helper thread that
-    is abandoned when it overruns (Python cannot kill a thread: use --pool process for a hard
-    timeout). Async handlers go to the shared event loop."""
-
-    def __init__(self) -> None:
-        self._loop: EventLoopThread | None = None
-        self._lock = threading.Lock()
-
-    def run(self, spec: TaskSpec, params: dict[str, Any], timeout: float | None) -> Any:
-        if spec.is_async:
-            return _run_on_loop(self._event_loop(), spec.handler, params, timeout)
-        if timeout is None:
-            return spec.handler(**params)
-        return _run_in_thread(spec.handler, params, timeout)
-
-    def _event_loop(self) -> EventLoopThread:
-        with self._lock:
-            if self._loop is None:
-                self._loop = EventLoopThread(name="conveyor-async")
-            return self._loop
-
-    def close(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-
-
-def _run_in_thread(handler: Callable[..., Any], params: dict[str, Any], timeout: float) -> Any:
-    future: Future[Any] = Future()
-
-    def target() -> None:
-        try:
-            future.set_result(handler(**params))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    context = contextvars.copy_context()  # carries current_task() into the helper thread
-    threading.Thread(target=context.run, args=(target,), name="conveyor-handler", daemon=True).start()
+async def run_async(handler: Callable[..., Any], params: dict[str, Any], timeout: float | None,
+                    context: contextvars.Context) -> Any:
+    task = asyncio.get_running_loop().create_task(handler(**params), context=context)
     try:
-        return future.result(timeout)
-    except FutureTimeout:
-        raise TaskTimeout(timeout) from None
+        return await asyncio.wait_for(task, timeout)
+    except TimeoutError:
+        raise TaskTimeout(timeout or 0) from None
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:

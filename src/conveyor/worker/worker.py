@@ -1,65 +1,39 @@
 """The worker (execution node): register, take tasks with bounded prefetch, run them,
-record outcomes, ack only after the outcome is stored, shut down gracefully."""
+record outcomes, ack only after the outcome is stored, shut down gracefully.
+
+``Worker`` is the public face; the work happens on one event loop (``worker/core.py``) fed by
+the deployment's backend (``worker/backend.py``): RabbitMQ and PostgreSQL spoken natively on
+that loop, or the embedded SQLite file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import queue
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from conveyor import log as log_context
-from conveyor import message, tracing
-from conveyor.broker.base import Consumer, Delivery
+from conveyor._loop_thread import EventLoopThread
 from conveyor.config import Settings
-from conveyor.context import TaskContext, reset_current, set_current
-from conveyor.errors import ConveyorError, SerializationError, StoreError
-from conveyor.model import NodeInfo, Task, TaskStatus, now
-from conveyor.service import publish_tasks
-from conveyor.worker.claim import Drop, Later, Run, claim
-from conveyor.worker.executor import ThreadExecutor
-from conveyor.worker.heartbeat import Keeper
-from conveyor.worker.outcome import record_outcome
+from conveyor.model import now
+from conveyor.worker.backend import Backend, Intake, Ledger, PortLedger, SplitBackend
+from conveyor.worker.core import InFlight, WorkerCore
 from conveyor.worker.process_pool import ProcessPool
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
 
+__all__ = ["InFlight", "Worker", "open_backend"]
+
 log = logging.getLogger(__name__)
 
-
-@dataclass(eq=False)
-class InFlight:
-    """A task this node is running, with the delivery that brought it."""
-
-    task: Task
-    delivery: Delivery
-    started: float = field(default_factory=time.monotonic)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    acked: bool = False
-    returned: bool = False  # given back on shutdown; its outcome is no longer ours to record
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-    def ack(self) -> None:
-        with self.lock:
-            if not self.acked:
-                self.acked = True
-                self.delivery.ack()
-
-    def hand_off(self) -> None:
-        """Ack early: from here the store lease alone says this node owns the task."""
-        if not self.acked:
-            log.info("task %s runs long: delivery acked, the store lease now guards it", self.task.id,
-                     extra={"task_id": str(self.task.id), "action": "handoff"})
-            self.ack()
+START_TIMEOUT_S = 60.0
 
 
 class Worker:
@@ -77,19 +51,12 @@ class Worker:
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.started_at = now()
         self.done = 0
+        self.process_pool: ProcessPool | None = None
         self._pool_kind = pool
         self._app_ref = app_ref
-        self._in_flight: set[InFlight] = set()
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._stopped = threading.Event()
-        self._slots = threading.Semaphore(self.concurrency)
-        self._work: queue.Queue[Delivery | None] = queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self._consumer: Consumer | None = None
-        self._keeper: Keeper | None = None
-        self.executor: ThreadExecutor = ThreadExecutor()
-        self.process_pool: ProcessPool | None = None
+        self._stop_requested = threading.Event()
+        self._loop: EventLoopThread | None = None
+        self._core: WorkerCore | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self) -> None:
@@ -111,171 +78,102 @@ class Worker:
         signal.signal(signal.SIGINT, on_signal)
 
     def start(self) -> None:
-        broker = self.app.broker
-        for q in self.queues:
-            broker.declare_queue(q)
+        """Connect, register the node and start taking work (on the worker's event loop)."""
         if self._pool_kind == "process" and self._app_ref:
             self.process_pool = ProcessPool(self._app_ref, self.concurrency)
-        self.heartbeat()
-        self._consumer = broker.consume(self.queues, prefetch=self.concurrency + self.settings.prefetch)
-        for i in range(self.concurrency):
-            thread = threading.Thread(target=self._slot_loop, name=f"conveyor-slot-{i}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        self._keeper = Keeper(self)
-        self._keeper.start()
+        self._loop = EventLoopThread(name="conveyor-worker")
+        try:
+            self._core = self._loop.run(self._start_core(), START_TIMEOUT_S)
+        except BaseException:
+            self._loop.stop()
+            if self.process_pool is not None:
+                self.process_pool.close()
+            raise
         log.info("worker %s started: queues=%s concurrency=%d pool=%s", self.node_id, ",".join(self.queues),
                  self.concurrency, self._pool_kind, extra={"worker": self.node_id})
 
+    async def _start_core(self) -> WorkerCore:
+        core = WorkerCore(self, open_backend(self.app, self.settings))
+        await core.start()
+        return core
+
     def stop(self) -> None:
-        self._stopping.set()
+        self._stop_requested.set()
+        loop, core = self._loop, self._core
+        if loop is not None and core is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.loop.call_soon_threadsafe(core.stop)
 
     def fetch_loop(self) -> None:
-        """Take a delivery only when a slot is free: the node never holds more than its free
-        slots plus the consumer's small prefetch."""
-        assert self._consumer is not None
-        while not self._stopping.is_set():
-            if not self._slots.acquire(timeout=0.2):
-                continue
-            try:
-                delivery = self._consumer.get(timeout_s=0.2)
-            except ConveyorError as exc:
-                log.warning("consume failed: %s", exc, extra={"worker": self.node_id})
-                delivery = None
-                time.sleep(0.5)
-            if delivery is None:
-                self._slots.release()
-                continue
-            self._work.put(delivery)
+        """Block until ``stop()``: the work happens on the worker's event loop."""
+        while not self._stop_requested.wait(0.5):
+            pass
 
     def shutdown(self) -> None:
         """Stop taking; let in-flight tasks finish within the grace period; give back the rest."""
-        self._stopping.set()
-        if self._consumer is not None:
-            self._consumer.close()
-        for _ in self._threads:
-            self._work.put(None)
-        deadline = time.monotonic() + self.settings.grace_s
-        while self.in_flight_snapshot() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for flight in self.in_flight_snapshot():
-            self._give_back(flight)
-        if self._keeper is not None:
-            self._keeper.stop()
-        self.heartbeat(status="stopped")
-        self.executor.close()
-        if self.process_pool is not None:
-            self.process_pool.close()
-        self._stopped.set()
+        self._stop_requested.set()
+        loop, core = self._loop, self._core
+        if loop is None or core is None:
+            return
+        stats = core.stats
+        log.debug("batches: %d claim(s) of %.1f deliveries, %d write(s) of %.1f outcomes", stats["claim_batches"],
+                  stats["claimed"] / max(1, stats["claim_batches"]), stats["record_batches"],
+                  stats["recorded"] / max(1, stats["record_batches"]), extra={"worker": self.node_id})
+        try:
+            loop.run(core.shutdown(), self.settings.grace_s + 60)
+        finally:
+            loop.stop()
+            if self.process_pool is not None:
+                self.process_pool.close()
+            self._core = None
         log.info("worker %s stopped after %d task(s)", self.node_id, self.done, extra={"worker": self.node_id})
 
-    def _give_back(self, flight: InFlight) -> None:
-        with flight.lock:
-            flight.returned = True
-            returned: Task | None = None
-            try:
-                returned = self.app.store.update(flight.task, TaskStatus.QUEUED, node=self.node_id,
-                                                 detail="returned on worker shutdown", lease_until=None)
-            except StoreError as exc:
-                log.warning("could not return task %s: %s", flight.task.id, exc)
-            if not flight.acked:
-                flight.acked = True
-                flight.delivery.nack(requeue=True)
-            elif returned is not None:  # acked early (long task): the store is the only record
-                publish_tasks(self.app.broker, [returned])
-
-    def heartbeat(self, status: str = "live") -> None:
-        self.app.store.upsert_node(NodeInfo(
-            id=self.node_id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            concurrency=self.concurrency, started_at=self.started_at, last_heartbeat=now(),
-            status=status, in_flight=len(self._in_flight), done=self.done,
-        ))
-
     def in_flight_snapshot(self) -> list[InFlight]:
-        with self._lock:
-            return list(self._in_flight)
-
-    # -- one delivery -----------------------------------------------------------------------
-    def _slot_loop(self) -> None:
-        while True:
-            delivery = self._work.get()
-            if delivery is None:
-                return
-            try:
-                self.process(delivery)
-            except Exception:
-                log.exception("unexpected error handling a delivery; returning it", extra={"worker": self.node_id})
-                _safe(lambda d=delivery: d.nack(requeue=True, delay_s=1.0))
-            finally:
-                self._slots.release()
-
-    def process(self, delivery: Delivery) -> None:
-        try:
-            msg = message.decode(delivery.body)
-        except SerializationError as exc:
-            log.error("dead-lettering a malformed message from %s: %s", delivery.queue, exc,
-                      extra={"queue": delivery.queue, "action": "dead_letter"})
-            delivery.dead_letter(f"malformed message: {exc}")
-            return
-        try:
-            outcome = claim(self.app.store, msg, self.node_id, lease_s=self.settings.lease_s,
-                            max_crashes=self.settings.max_crashes)
-        except StoreError as exc:
-            log.warning("store unavailable for task %s: %s; will retry", msg.id, exc)
-            delivery.nack(requeue=True, delay_s=1.0)
-            return
-        if isinstance(outcome, Drop):
-            log.debug("dropping delivery of task %s: %s", msg.id, outcome.reason)
-            delivery.ack()
-        elif isinstance(outcome, Later):
-            delivery.nack(requeue=True, delay_s=outcome.delay_s)
-        elif isinstance(outcome, Run):
-            task = outcome.task
-            # Every log line of the attempt carries the task (log.bind); its spans join the submitter's trace.
-            with log_context.bind(task_id=task.id, type=task.type, queue=task.queue), tracing.run_span(
-                    msg.trace, task_id=str(task.id), task_type=task.type, queue=task.queue, attempt=task.attempts,
-                    node=self.node_id, due_at=task.eta if task.eta and task.eta > (task.queued_at or 0)
-                    else task.queued_at):
-                self._run(task, delivery)
-
-    def _run(self, task: Task, delivery: Delivery) -> None:
-        flight = InFlight(task=task, delivery=delivery)
-        with self._lock:
-            self._in_flight.add(flight)
-        try:
-            spec = self.app.registry.find(task.type)
-            result: Any = None
-            exc: BaseException | None = None
-            if spec is not None:
-                try:
-                    result = self._execute(spec, flight)
-                except Exception as error:
-                    exc = error
-            record_outcome(self, flight, spec, result, exc)
-        finally:
-            with self._lock:
-                self._in_flight.discard(flight)
-                self.done += 1
-
-    def _execute(self, spec: Any, flight: InFlight) -> Any:
-        task = flight.task
-        # A task submitted by a client that did not know the type's options gets the handler's.
-        timeout = task.timeout if task.timeout is not None else spec.options.timeout
-        if self.process_pool is not None:
-            context = {"id": str(task.id), "attempt": task.attempts, "max_attempts": task.max_attempts,
-                       "node": self.node_id}
-            return self.process_pool.run(task.type, task.params, timeout, context, flight.cancelled)
-        token = set_current(TaskContext(id=task.id, type=task.type, attempt=task.attempts,
-                                        max_attempts=task.max_attempts, node=self.node_id,
-                                        cancel_requested=flight.cancelled))
-        try:
-            return self.executor.run(spec, task.params, timeout)
-        finally:
-            reset_current(token)
+        core = self._core
+        return list(core.flights.values()) if core is not None else []
 
 
-def _safe(action: Any) -> None:
-    try:
-        action()
-    except Exception:
-        log.debug("ignored error", exc_info=True)
+def open_backend(app: Conveyor, settings: Settings) -> Backend:
+    """The fastest backend for the app's broker and store (see ``worker/backend.py``). A broker
+    given by URL is not opened here: the worker speaks AMQP on its own loop."""
+    from conveyor.embedded import together
+
+    store = app.store
+    broker_url, broker_obj = app.broker_source()
+    if broker_obj is None and broker_url.startswith("sqlite:") and store.__class__.__name__ == "SqliteStore":
+        broker_obj = app.broker
+    if broker_obj is not None:
+        fused = together(store, broker_obj)
+        if fused is not None:
+            from conveyor.worker.sqlite_backend import SqliteBackend
+
+            return SqliteBackend(fused, lease_s=settings.lease_s)
+    intake = _intake(app, broker_url, broker_obj)
+    ledger = _ledger(store)
+    return SplitBackend(intake, ledger, store)
+
+
+def _intake(app: Conveyor, broker_url: str, broker_obj: object | None) -> Intake:
+    from conveyor.worker.intake import AmqpIntake, PortIntake
+
+    if broker_obj is None and broker_url.startswith(("amqp:", "amqps:")):
+        from conveyor.broker._amqp_loop import resolve_url
+
+        url, queue_type = resolve_url(broker_url, None)
+        return AmqpIntake(url, "conveyor", queue_type, name="conveyor worker")
+    broker = broker_obj if broker_obj is not None else app.broker
+    from conveyor.broker.rabbitmq import RabbitmqBroker
+
+    if isinstance(broker, RabbitmqBroker):
+        return AmqpIntake(broker.amqp_url, broker.namespace, broker.queue_type, name="conveyor worker")
+    return PortIntake(broker)  # type: ignore[arg-type]
+
+
+def _ledger(store: object) -> Ledger:
+    from conveyor.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        from conveyor.worker.pg_ledger import PostgresLedger
+
+        return PostgresLedger(store.url)
+    return PortLedger(store)  # type: ignore[arg-type]
