@@ -13,7 +13,7 @@ from conveyor.errors import TaskNotFound
 from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.stats import open_stats
 from conveyor.stats.store import StatsStore
-from conveyor.store.base import Store
+from conveyor.store.base import Outcome, Store
 from conveyor.store.queries import AmbiguousId, TaskQueries, TaskSearch, open_queries, resolve_id
 
 S = TaskStatus
@@ -37,13 +37,18 @@ def _create(store: Store, **fields: Any) -> Task:
 
 
 def _start(store: Store, task: Task, node: str = "n1") -> Task:
-    started = store.start_attempt(task.id, node, at=time.time(), lease_until=time.time() + 30)
+    started = store.claim_many([(task.id, task.attempts + 1)], node, 30.0)[0]
     assert started is not None
     return started
 
 
 def _finish(store: Store, task: Task, status: TaskStatus, **changes: Any) -> Task:
-    return store.update(task, status, node=task.node, finished_at=time.time(), lease_until=None, **changes)
+    """The owner records how a running attempt ended (the worker's own write)."""
+    outcome = Outcome(task.id, task.attempts, status, result=changes.get("result"), error=changes.get("error"),
+                      retry_in_s=60.0 if status is S.RETRYING else 0.0, publish=status is S.RETRYING)
+    written = store.finish_many([outcome], task.node or "")[0]
+    assert written is not None
+    return written
 
 
 def test_search_filters_combine_and_page_newest_first(store: Store, queries: TaskQueries) -> None:
@@ -121,8 +126,7 @@ def test_folded_counts_follow_every_status_change(store: Store, stats: StatsStor
     _finish(store, _start(store, tasks[0]), S.SUCCEEDED, result={"ok": True})
     failed = _finish(store, _start(store, tasks[1]), S.FAILED, error={"type": "boom"})
     store.update(failed, S.QUEUED, detail="retried on request", finished_at=None)
-    running = _start(store, tasks[2])
-    store.update(running, S.RETRYING, node="n1", eta=time.time() + 60, lease_until=None)
+    _finish(store, _start(store, tasks[2]), S.RETRYING, error={"type": "later"})
     store.update(tasks[3], S.CANCELLED, finished_at=time.time())
     while stats.fold():
         pass

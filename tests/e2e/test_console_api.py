@@ -43,14 +43,15 @@ def service(db_url: str) -> Iterator[TaskService]:
 
 
 @pytest.fixture
-def client(service: TaskService) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(), service=service)) as c:
+def client(service: TaskService, db_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(broker_url=db_url, store_url=db_url), service=service)) as c:
         yield c
 
 
 @pytest.fixture
-def secured(service: TaskService) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(api_token=TOKEN), service=service), base_url="http://conveyor.test") as c:
+def secured(service: TaskService, db_url: str) -> Iterator[TestClient]:
+    settings = Settings(broker_url=db_url, store_url=db_url, api_token=TOKEN)
+    with TestClient(create_app(settings, service=service), base_url="http://conveyor.test") as c:
         yield c
 
 
@@ -236,7 +237,8 @@ def _free_port() -> int:
 def server(service: TaskService, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setattr(GuardedH11Protocol, "header_timeout_s", 0.5)
     port = _free_port()
-    http = HttpServer(create_app(Settings(), service=service, body_timeout_s=0.5), "127.0.0.1", port)
+    http = HttpServer(create_app(Settings(broker_url=service.store.url, store_url=service.store.url), service=service,
+                                 body_timeout_s=0.5), "127.0.0.1", port)
     http.start()
     yield port
     http.stop()

@@ -174,45 +174,49 @@ class _RabbitmqDeadLetters:
     def _take(self, ids: Sequence[str] | None, *, republish: bool,
               publish: Callable[[DeadLetter], bool] | None) -> int:
         """Take the chosen dead letters off the queue (``republish``: sending each back first)."""
-        from conveyor.broker._amqp_loop import Outgoing, str_headers
+        from aiormq import spec
+
+        from conveyor.broker._amqp_loop import OUTAGE_S, Outgoing, str_headers
         from conveyor.broker.rabbitmq import OPERATION_TIMEOUT_S
 
         broker = self._broker
-        session = broker._session
+        link = broker.link
         wanted = None if ids is None else set(ids)
 
-        async def take() -> list[tuple[DeadLetter, Any]]:
-            name = await session.ensure_dead()
-            channel = await session.connection.channel(publisher_confirms=False)
-            chosen: list[tuple[DeadLetter, Any]] = []
+        async def take() -> int:
+            name = await link.ensure_dead()
+            await link.ready(OUTAGE_S)
+            channel = await link._connection.channel(publisher_confirms=False)
+            taken = 0
             try:
-                queue = await channel.declare_queue(name, durable=True, arguments=session._plain_arguments(),
-                                                    robust=False)
-                kept: list[Any] = []
+                chosen: list[tuple[DeadLetter, Any]] = []
+                last_kept = 0
                 for _ in range(MAX_SCAN):
-                    message = await queue.get(no_ack=False, fail=False)
-                    if message is None:
+                    message = await channel.basic_get(name, no_ack=False)
+                    if not isinstance(message.delivery, spec.Basic.GetOk):
                         break
-                    letter = self._letter(message.body, str_headers(message.headers), None)
+                    letter = self._letter(message.body, str_headers(message.header.properties.headers), None)
                     if wanted is None or letter.id in wanted:
                         if wanted is not None:
-                            wanted.discard(letter.id)  # a duplicate body is a different letter
+                            wanted.discard(letter.id)  # a duplicate body is another letter
                         chosen.append((letter, message))
                     else:
-                        kept.append(message)
-                for message in kept:
-                    await message.nack(requeue=True)
+                        last_kept = message.delivery.delivery_tag or 0
                 for letter, message in chosen:
                     if republish and not (publish is not None and await _off_loop(publish, letter)):
-                        await session.publish_all([Outgoing(letter.body, letter.queue, min(message.priority or 0, 9),
-                                                            0, _own_headers(letter.headers))])
-                    await message.ack()
+                        priority = min(message.header.properties.priority or 0, 9)
+                        await link.publish_all([Outgoing(letter.body, letter.queue, priority, 0,
+                                                         _own_headers(letter.headers))])
+                    await channel.basic_ack(message.delivery.delivery_tag)
+                    taken += 1
+                if last_kept:  # the others go back in place (acked ones are not affected)
+                    await channel.basic_nack(last_kept, multiple=True, requeue=True)
             finally:
                 await channel.close()
-            return chosen
+            return taken
 
-        taken: list[tuple[DeadLetter, Any]] = broker._call(take(), OPERATION_TIMEOUT_S * 4, "dead letters")
-        return len(taken)
+        result: int = broker._call(take(), OPERATION_TIMEOUT_S * 4, "dead letters")
+        return result
 
 
 async def _off_loop(publish: Callable[[DeadLetter], bool], letter: DeadLetter) -> bool:

@@ -144,6 +144,8 @@ class LocalBackend:
 
     def close(self) -> None:
         if self._ops is not None:
+            if self._broker is not None:
+                self._ops.service.close()  # publish what a retry or replay handed to the outbox
             self._ops.close()
         if self._broker is not None:
             self._broker.close()
