@@ -27,6 +27,9 @@ class PostgresStats(StatsStore):
             with self._pool.connection() as conn, conn.transaction():
                 if snapshot:
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                # The store's connections force generic plans; the fold's batch size and watermark
+                # matter to its plan (a generic one may hash-join the whole tasks table).
+                conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY,))
 
                 def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
