@@ -99,7 +99,7 @@ def fake_rows(count: int, now: float, seed: int = 7) -> Iterator[tuple[Any, ...]
 def load_postgres(url: str, count: int) -> None:
     import psycopg
 
-    from conveyor.store.postgres import _COLS
+    from conveyor.store.postgres_sql import _COLS
 
     now = time.time()
     with psycopg.connect(url, autocommit=True) as conn:

@@ -42,7 +42,8 @@ class Settings:
     heartbeat_s: float = _setting(5.0, "Seconds between node heartbeats; a node silent for 3 is lost.")
     max_crashes: int = _setting(3, "Node deaths while running a task before it is failed as `crashed`.")
     grace_s: float = _setting(30.0, "Seconds in-flight tasks get to finish on SIGTERM/SIGINT.")
-    prefetch: int = _setting(2, "Deliveries a worker holds beyond its free slots.")
+    prefetch: int | None = _setting(None, "Deliveries a worker holds beyond its slots (default: its concurrency).",
+                                    shown="concurrency")
     ack_handoff_s: float = _setting(60.0, "RabbitMQ: a task running longer has its delivery acked early and "
                                           "the store lease alone guards it (docs/architecture.md).")
     outbox_grace_s: float = _setting(30.0, "Seconds after which a task stored but not yet published is "

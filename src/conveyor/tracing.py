@@ -10,15 +10,16 @@ When an application configures a tracer provider (``opentelemetry-sdk``, an expo
   built later, on the publisher's thread (the outbox), so the submit ``remember``s the context
   of its task ids and ``trace_for`` finds it when the message is built (the current context
   first, if there is one).
-- ``run_span`` wraps an attempt on a worker: span ``conveyor queue wait <type>`` (from when the
-  task became due to the start, recorded after the fact) and span ``conveyor run <type>``
-  (kind CONSUMER), both children of the submit span; the run span links to the queue wait.
-  A retry published from inside the run carries the run's context, so the attempts of one
-  task chain into one trace.
+- ``begin_run`` starts an attempt's spans on a worker: span ``conveyor queue wait <type>``
+  (from when the task became due to the start, recorded after the fact) and span
+  ``conveyor run <type>`` (kind CONSUMER, ended when the attempt ends), both children of the
+  submit span; the run span links to the queue wait. The task's next message (a retry)
+  carries the run's context, so the attempts of one task chain into one trace.
 """
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -60,12 +61,15 @@ def message_trace() -> dict[str, str]:
 def remember(task_ids: Iterable[uuid.UUID]) -> None:
     """Keep the current trace context for these tasks' next messages (a no-op untraced)."""
     trace = message_trace()
-    if not trace:
-        return
-    with _remembered_lock:
+    if trace:
         for task_id in task_ids:
-            _remembered[task_id] = trace
-            _remembered.move_to_end(task_id)
+            _keep(task_id, trace)
+
+
+def _keep(task_id: uuid.UUID, trace: dict[str, str]) -> None:
+    with _remembered_lock:
+        _remembered[task_id] = trace
+        _remembered.move_to_end(task_id)
         while len(_remembered) > REMEMBERED_MAX:
             _remembered.popitem(last=False)
 
@@ -109,35 +113,68 @@ def _trace_of(message: bytes | Mapping[str, str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in trace.items()} if isinstance(trace, dict) else {}
 
 
-@contextmanager
-def run_span(message: bytes | Mapping[str, str], *, task_id: str, task_type: str, queue: str, attempt: int,
-             node: str, due_at: float | None) -> Iterator[None]:
-    """Spans of one attempt, children of the context the task message (body or its ``trace``)
-    carries."""
+class RunSpan:
+    """The spans of one attempt on a worker (see ``begin_run``)."""
+
+    def __init__(self, span: Any, context: Any) -> None:
+        self._span = span
+        self._context = context
+
+    def enter(self, handler_context: contextvars.Context) -> None:
+        """Make the run span current inside the handler's context (its own spans nest under it)."""
+        from opentelemetry import context
+
+        handler_context.run(context.attach, self._context)
+
+    def end(self) -> None:
+        self._span.end()
+
+
+def begin_run(message: bytes | Mapping[str, str], *, task_id: uuid.UUID, task_type: str, queue: str,
+              attempt: int, node: str, due_at: float | None) -> RunSpan | None:
+    """Start the spans of an attempt, children of the context the task message (its body, or
+    its ``trace``) carries: the queue wait (already over) and the run (ended by ``end``). The
+    run's context is remembered for the task's next message (a retry). None untraced."""
     otel = _otel()
     if otel is None:
-        yield
-        return
-    from opentelemetry import context, propagate
+        return None
+    from opentelemetry import propagate
 
     trace = _trace_of(message)
-    parent = propagate.extract(dict(trace)) if trace else None
+    parent = propagate.extract(trace) if trace else None
     tracer: Any = otel.get_tracer(TRACER_NAME)
     attributes = {"messaging.system": "conveyor", "messaging.destination.name": queue,
-                  "conveyor.task.id": task_id, "conveyor.task.type": task_type, "conveyor.attempt": attempt,
+                  "conveyor.task.id": str(task_id), "conveyor.task.type": task_type, "conveyor.attempt": attempt,
                   "conveyor.node": node}
     links = []
     if due_at is not None:
-        start_ns = int(min(due_at, time.time()) * 1e9)
-        wait = tracer.start_span(f"conveyor queue wait {task_type}", context=parent, start_time=start_ns,
-                                 attributes=attributes)
+        wait = tracer.start_span(f"conveyor queue wait {task_type}", context=parent,
+                                 start_time=int(min(due_at, time.time()) * 1e9), attributes=attributes)
         wait.end()
         links.append(otel.Link(wait.get_span_context()))
-    token = context.attach(parent) if parent is not None else None
+    span = tracer.start_span(f"conveyor run {task_type}", context=parent, kind=otel.SpanKind.CONSUMER,
+                             attributes=attributes, links=links)
+    context = otel.set_span_in_context(span, parent)
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    _keep(task_id, carrier)
+    return RunSpan(span, context)
+
+
+@contextmanager
+def run_span(message: bytes | Mapping[str, str], *, task_id: uuid.UUID, task_type: str, queue: str, attempt: int,
+             node: str, due_at: float | None) -> Iterator[None]:
+    """``begin_run`` for a block that runs the handler in the current context."""
+    run = begin_run(message, task_id=task_id, task_type=task_type, queue=queue, attempt=attempt, node=node,
+                    due_at=due_at)
+    if run is None:
+        yield
+        return
+    from opentelemetry import context
+
+    token = context.attach(run._context)
     try:
-        with tracer.start_as_current_span(f"conveyor run {task_type}", kind=otel.SpanKind.CONSUMER,
-                                          attributes=attributes, links=links):
-            yield
+        yield
     finally:
-        if token is not None:
-            context.detach(token)
+        context.detach(token)
+        run.end()

@@ -201,7 +201,8 @@ def test_a_task_of_a_killed_worker_is_completed_by_another_after_the_lease(
 
 def test_tasks_prefetched_by_a_killed_worker_run_again_within_about_the_lease(
         core: ModuleType, workers: Workers, exec_log: Path, db_url: str) -> None:
-    doomed = workers.start(node_id="doomed", concurrency=1)  # holds 1 running + 2 prefetched
+    doomed = workers.start(node_id="doomed", concurrency=1,  # holds 1 running + 2 prefetched
+                           extra_env={"CONVEYOR_PREFETCH": "2"})
     handles = [core.slow.submit({"seconds": 2.0})] + [core.record_task.delay(n=i) for i in range(5)]
     wait_for(lambda: read_executions(exec_log), 10.0, "the first task to start")
     wait_for(lambda: leased_messages(db_url) == 3, 5.0, "the worker to prefetch two more")
@@ -258,7 +259,8 @@ def test_sigterm_returns_a_task_longer_than_the_grace_and_another_worker_runs_it
 
 def _bad_bodies() -> dict[str, bytes]:
     def task_body(**fields: object) -> bytes:
-        return orjson.dumps({"id": str(uuid.uuid4()), "params": {"n": 1}, **fields})
+        return orjson.dumps({"protocol": 1, "id": str(uuid.uuid4()), "params": {"n": 1}, "queue": "default",
+                             **fields})
 
     return {
         "not json": b"\x00\x01 this is not json {",

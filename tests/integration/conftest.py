@@ -36,7 +36,7 @@ COUNTING_APP = "tests.integration.apps.counting"
 LEASE_S = 3.0
 HEARTBEAT_S = 1.0
 GRACE_S = 5.0
-PREFETCH = 2  # Settings.prefetch default: a worker holds at most concurrency + this deliveries
+PREFETCH = 8  # Settings.prefetch default (= concurrency, 8 here): a worker holds at most concurrency + this
 READY_TIMEOUT_S = 20.0
 
 
@@ -126,9 +126,10 @@ class Cluster:
         return env
 
     def start(self, node_id: str, *, concurrency: int = 8, extra_env: Mapping[str, str] | None = None,
-              wait_ready: bool = True) -> WorkerProcess:
+              wait_ready: bool = True, app: str = COUNTING_APP, prefix: Sequence[str] = ()) -> WorkerProcess:
+        """``prefix`` runs the worker under another command (``ip netns exec NS``, ``faketime``)."""
         log_path = self.tmp_path / f"worker-{node_id}-{len(self.workers)}.log"
-        command = [sys.executable, "-m", "conveyor", "worker", COUNTING_APP, "--concurrency", str(concurrency),
+        command = [*prefix, sys.executable, "-m", "conveyor", "worker", app, "--concurrency", str(concurrency),
                    "--node-id", node_id]
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

@@ -197,3 +197,25 @@ def test_recovery_republishes_tasks_whose_lease_expired_a_full_lease_ago(store: 
         consumer.close()
     finally:
         broker.close()
+
+
+def test_a_node_asking_again_for_its_own_claim_whose_answer_was_lost_runs_it(store: SqliteStore) -> None:
+    task = submitted(store)
+    first = claim_as(store, task, "me")  # committed, but say the answer never reached the worker
+    assert isinstance(first, Run)
+
+    again = claim(store, Message.for_task(task), "me", lease_s=LEASE_S, max_crashes=MAX_CRASHES)
+
+    assert again == Run(first.task)
+    assert details(store, task) == ["submitted", "attempt 1"], "nothing written twice"
+
+
+def test_a_stale_copy_of_an_attempt_that_already_ran_is_dropped(store: SqliteStore) -> None:
+    task = running_on(store, "me", lease_in_s=LEASE_S)
+    retrying = store.update(task, TaskStatus.RETRYING, eta=now() - 1, lease_until=None)
+    first_copy = Message.for_task(task.replace(attempts=0))  # attempt 1's message, redelivered
+
+    stale = claim(store, first_copy, "other", lease_s=LEASE_S, max_crashes=MAX_CRASHES)
+
+    assert isinstance(stale, Drop) and "superseded" in stale.reason
+    assert store.get(task.id) == retrying

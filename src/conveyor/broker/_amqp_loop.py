@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 QUEUE_TYPES = ("classic", "quorum")
 OUTAGE_S = 30.0  # how long a publish waits for a lost connection to come back
 CONNECT_TIMEOUT_S = 10.0
+HEARTBEAT_S = 10  # unless the URL says (?heartbeat=): a frozen or cut-off peer is noticed in ~20 s
 RECONNECT_INTERVAL_S = 1.0
 DELAY_REDECLARE_S = 30.0  # < the 60 s x-expires margin: keeps a delay queue in use alive
 MAX_PRIORITY = 9
@@ -228,6 +229,8 @@ class AmqpLink:
 
     async def _open(self) -> None:
         url = self.hosts[self._host_index]
+        if "heartbeat=" not in url:
+            url += ("&" if "?" in url else "?") + f"heartbeat={HEARTBEAT_S}"
         connection = await asyncio.wait_for(
             aiormq.connect(url, client_properties={"connection_name": self.name}), CONNECT_TIMEOUT_S)
         try:

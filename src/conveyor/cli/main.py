@@ -51,6 +51,7 @@ _LAZY = {
     "nodes": "conveyor.cli.operate", "queues": "conveyor.cli.operate", "cancel": "conveyor.cli.operate",
     "retry": "conveyor.cli.operate", "purge": "conveyor.cli.operate", "dead": "conveyor.cli.operate",
     "scheduler": "conveyor.cli.scheduler", "schedule": "conveyor.cli.scheduler",
+    "adopt": "conveyor.cli.adopt",
 }
 
 

@@ -20,6 +20,7 @@ from conveyor.errors import SerializationError
 from conveyor.message import loads
 from conveyor.model import TaskStatus
 from conveyor.service import SubmitRequest
+from conveyor.validation import MAX_ATTEMPTS
 
 FINAL = {"succeeded", "failed", "cancelled"}
 
@@ -83,7 +84,7 @@ def finish(ctx: CliContext, task: dict[str, Any]) -> None:
 @click.option("--queue", help="Queue (default: default).")
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher first.")
 @click.option("--delay", type=click.FloatRange(0), help="Run not before this many seconds from now.")
-@click.option("--max-attempts", type=click.IntRange(1, 1000))
+@click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS))
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds per attempt.")
 @click.option("--idempotency-key")
 @click.option("--wait", is_flag=True, help="Wait for the task to finish; print its result or error (exit 1 if it "

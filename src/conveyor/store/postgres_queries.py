@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 
 from conveyor.model import Page
-from conveyor.store.postgres import _COLS, PostgresStore, _driver_errors, _task_rows
+from conveyor.store.postgres import PostgresStore, _driver_errors, _task_rows
+from conveyor.store.postgres_sql import _COLS
 from conveyor.store.queries import MAX_PAGE, TaskSearch, normalize_prefix, where_clause
 
 

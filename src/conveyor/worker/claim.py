@@ -61,7 +61,8 @@ def claim(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes:
 
 def decide(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes: int) -> Decision:
     """The slow path, for a message ``claim_many`` did not start: adopt an unknown task, drop
-    a finished or stale one, wait for a live lease or an eta, take over an expired lease."""
+    a finished or stale one, wait for a live lease or an eta, take over an expired lease. The
+    caller must not ask for a task it is running already (a duplicate delivery)."""
     task = _load_or_adopt(store, msg)
     for _ in range(_CAS_TRIES):
         try:
@@ -88,6 +89,10 @@ def _decide(store: Store, task: Task, attempt: int, node: str, *, lease_s: float
         return Drop(f"task already {task.status.value}")
     run_as = attempt
     if task.status is TaskStatus.RUNNING:
+        if task.node == node and task.attempts == attempt:
+            # This node's own claim, whose answer was lost (the connection died as it committed);
+            # the caller asks only for deliveries it does not run already.
+            return Run(task)
         if task.lease_until is not None and task.lease_until > at:
             return Later(task.lease_until - at + 0.5, f"running on {task.node} (lease live)")
         task = take_over(store, task, max_crashes=max_crashes)

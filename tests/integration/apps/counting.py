@@ -32,3 +32,17 @@ def long(seconds: float, rerun_seconds: float | None = None) -> dict[str, float]
     time.sleep(slept)
     return {"slept": slept}
 
+
+
+@app.task("count.cooperative", max_attempts=5)
+def cooperative(seconds: float) -> dict[str, object]:
+    """Runs ``seconds`` unless told to stop (cancelled, or its node lost the lease); records
+    its start, and (as type ``count.stopped``) that it stopped early."""
+    record(current_task().type)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if current_task().cancelled:
+            record("count.stopped")
+            return {"stopped": True}
+        time.sleep(0.02)
+    return {"stopped": False}
