@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services browser php-deps phpunit chaos model
+.PHONY: demo test lint bench clean services browser test-deps phpunit chaos model
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -27,13 +27,14 @@ services:
 browser:
 	bash scripts/install-debian-packages.sh --browser
 
-# PHP (clients/php and its tests): Debian's php-cli, php-amqplib, phpunit, php-laravel-framework.
-php-deps:
-	bash scripts/install-debian-packages.sh --php
+# What the tests need from Debian beyond Python: PHP (clients/php: php-cli, php-amqplib, phpunit,
+# php-laravel-framework), spin, faketime, iproute2 (see the script).
+test-deps:
+	bash scripts/install-debian-packages.sh --php --test
 
 # The PHP package's unit tests (Debian's phpunit). The pytest suite runs the PHP worker and
 # client against the real servers (tests/php, tests/conformance).
-phpunit: php-deps
+phpunit: test-deps
 	cd clients/php && phpunit --colors=never
 
 # pytest exits 5 when it collected no test; make treats that as the failure it is.
@@ -43,11 +44,11 @@ test: $(STAMP) lint services browser phpunit
 # The chaos suite at the sizes of issue 11 (CI runs its short form inside `make test`); each
 # scenario prints its tally, and all of them are appended to chaos-results.jsonl
 # (`python -m tests.chaos.table` turns that file into docs/reliability.md's table).
-chaos: $(STAMP) services model
+chaos: $(STAMP) test-deps services model
 	CONVEYOR_CHAOS=full CONVEYOR_CHAOS_RESULTS=$(CURDIR)/chaos-results.jsonl $(BIN)/pytest tests/chaos -p no:cacheprovider -rxX
 
 # The protocol model (model/conveyor.pml) checked by Spin, larger bounds than CI's.
-model: $(STAMP)
+model: $(STAMP) test-deps
 	$(BIN)/python -m tests.model.spin --full
 
 bench: $(STAMP)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages Conveyor's set-up needs on a fresh machine: Python with venv, and for the
-# distributed-mode tests the RabbitMQ and PostgreSQL servers (CI machines already run them); for
-# the chaos suite and the protocol model: spin (checks model/conveyor.pml, compiled with gcc),
-# faketime (a worker with a skewed clock) and iproute2 (a worker cut off in a network namespace).
+# distributed-mode tests the RabbitMQ and PostgreSQL servers (CI machines already run them).
 #   --services  also the RabbitMQ and PostgreSQL servers
+#   --test      also what the test suite needs beyond Python: spin (checks model/conveyor.pml,
+#               compiled with gcc), faketime (a worker with a skewed clock) and iproute2 (a
+#               worker cut off in a network namespace)
 #   --php       also PHP 8.2 for clients/php and its tests (make test): php-cli (with pcntl and
 #               posix), php-amqplib, php-curl, php-mbstring, phpunit and php-laravel-framework.
 #               Debian installs the libraries under /usr/share/php with their own autoload.php
@@ -14,15 +15,17 @@ need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 command -v make >/dev/null || need+=(make)
-command -v spin >/dev/null || need+=(spin)
-command -v gcc >/dev/null || need+=(gcc)
-[[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
-command -v ip >/dev/null || need+=(iproute2)
 for arg in "$@"; do
     case "$arg" in
         --browser)
             command -v chromium >/dev/null || need+=(chromium)
             command -v chromedriver >/dev/null || need+=(chromium-driver)
+            ;;
+        --test)
+            command -v spin >/dev/null || need+=(spin)
+            command -v gcc >/dev/null || need+=(gcc)
+            [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
+            command -v ip >/dev/null || need+=(iproute2)
             ;;
         --services)
             command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)

@@ -20,7 +20,7 @@ import pytest
 from conveyor.broker import open_broker
 from conveyor.service import TaskService
 from conveyor.store import open_store
-from tests.chaos.drill import start_workers
+from tests.chaos.drill import CONCURRENCY, start_workers
 from tests.chaos.harness import Repeat, Submitter, count, scale, work_requests
 from tests.integration.conftest import Cluster
 from tests.processes import wait_for
@@ -67,7 +67,7 @@ def embedded(tmp_path: Path, small_disk: Path) -> Iterator[EmbeddedCluster]:
         nodes.close()
 
 
-def run_through(embedded: EmbeddedCluster, scenario: str, fault: Repeat) -> None:
+def run_through(embedded: EmbeddedCluster, scenario: str, fault: Repeat, *, ran_twice_allowed: int = 0) -> None:
     """Submit everything, let the workers start on it, strike, heal, settle, count."""
     start_workers(embedded, 2)
     started = time.monotonic()
@@ -85,11 +85,9 @@ def run_through(embedded: EmbeddedCluster, scenario: str, fault: Repeat) -> None
         store.close()
     tally.publish()
     assert fault.runs == 1 and not fault.errors, f"the fault did not strike: {fault.errors}"
-    assert not tally.problems(), tally.problems()
+    assert not tally.problems(ran_twice_allowed=ran_twice_allowed), tally.problems()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 hole 3: after concurrency + 2 failed ack/nack writes a worker's "
-                                       "slots are never released and it stops taking work")
 def test_embedded_disk_full_then_freed(embedded: EmbeddedCluster, small_disk: Path) -> None:
     filler = small_disk / "filler"
 
@@ -114,11 +112,13 @@ conn.execute("ROLLBACK")
 """
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 holes 3 and 6: an outcome write that failed ('database is locked') "
-                                        "gives the delivery back and the task runs again; shows in most runs, not all")
 def test_embedded_database_locked_past_the_busy_timeout(embedded: EmbeddedCluster, small_disk: Path) -> None:
     def lock() -> None:  # longer than the 10 s busy timeout: writers get "database is locked"
         subprocess.run([sys.executable, "-c", LOCKER, str(small_disk / "conveyor.db"), str(FAULT_S + 10)],
                        check=True, capture_output=True, timeout=FAULT_S + 60)
 
-    run_through(embedded, "embedded-locked", Repeat("lock", 0, lock, first_after_s=0, times=1))
+    # Locked far longer than a lease: no node can record an outcome or renew a lease meanwhile,
+    # so the tasks whose handler finished during the lock may be taken over by another node once
+    # it lifts, and run again (counted; at most what the two nodes held: slots + prefetch).
+    run_through(embedded, "embedded-locked", Repeat("lock", 0, lock, first_after_s=0, times=1),
+                ran_twice_allowed=2 * 2 * CONCURRENCY)

@@ -41,8 +41,6 @@ def submit_long(cluster: Cluster, seconds: float) -> str:
     return str(task.id)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 hole 2: the owner that lost its lease runs on to the end "
-                                       "(no renewal-driven stop of the handler)")
 def test_a_worker_sigstopped_past_its_lease_stops_its_copy_when_it_wakes(cluster: Cluster) -> None:
     workers = {w.node_id: w for w in start_workers(cluster, 2)}
     started = time.monotonic()
@@ -68,8 +66,6 @@ def test_a_worker_sigstopped_past_its_lease_stops_its_copy_when_it_wakes(cluster
     assert len(ends) == 1, f"both copies of the long task ran to the end: {ends}"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 hole 2: lease expiry is judged on the worker's clock, so a "
-                                       "worker 65 s ahead takes over healthy tasks")
 def test_a_worker_with_a_clock_65_s_ahead_takes_over_no_healthy_task(cluster: Cluster) -> None:
     assert FAKETIME_LIB.exists(), "faketime is not installed (scripts/install-debian-packages.sh)"
     (honest,) = start_workers(cluster, 1)

@@ -64,8 +64,6 @@ def test_rabbitmq_connections_closed_every_5_s(cluster: Cluster) -> None:
     assert not tally.problems()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 hole 6: an outcome write on a dead pooled connection gives the "
-                                        "delivery back and the task runs again; shows in some runs, not all")
 def test_postgres_backends_terminated_every_5_s_and_refused_for_10_s(private_cluster: PrivateCluster,
                                                                      private_pg: PrivatePostgres) -> None:
     database = private_cluster.database
@@ -103,8 +101,6 @@ def test_rabbitmq_stopped_and_started_mid_run(private_cluster: PrivateCluster, p
     assert not tally.problems()
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 hole 6: an outcome write on a dead pooled connection gives the "
-                                        "delivery back and the task runs again; shows in some runs, not all")
 def test_postgres_restarted_mid_run(private_cluster: PrivateCluster, private_pg: PrivatePostgres) -> None:
     start_workers(private_cluster)
 

@@ -119,6 +119,7 @@ class Cluster:
             "CONVEYOR_BROKER_URL": self.broker_url, "CONVEYOR_STORE_URL": self.store_url,
             "CONVEYOR_LEASE_S": str(LEASE_S), "CONVEYOR_HEARTBEAT_S": str(HEARTBEAT_S),
             "CONVEYOR_GRACE_S": str(GRACE_S), "CONVEYOR_LOG_LEVEL": "INFO", EXEC_LOG_ENV: str(self.exec_log),
+            "CONVEYOR_OUTBOX_GRACE_S": "3",  # an unpublished intent (a crashed publisher) is sent after 3 s
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         })

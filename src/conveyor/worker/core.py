@@ -54,7 +54,7 @@ log = logging.getLogger("conveyor.worker.worker")
 TAKE_WAIT_S = 0.2
 GATHER_MAX_S = 0.002
 RETRY_PAUSE_S = 0.1
-RECORD_RETRY_MAX_S = 2.0
+RECORD_RETRY_MAX_S = 0.5  # a store back after an outage gets the outcomes before the leases lapse further
 
 
 @dataclass(eq=False)

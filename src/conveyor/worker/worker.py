@@ -25,10 +25,10 @@ from conveyor.config import Settings
 from conveyor.model import now
 from conveyor.worker.backend import Backend, Intake, PortLedger, SplitBackend
 from conveyor.worker.core import InFlight, WorkerCore
-from conveyor.worker.process_pool import ProcessPool
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.worker.process_pool import ProcessPool
 
 __all__ = ["InFlight", "Worker", "open_backend"]
 
@@ -52,7 +52,7 @@ class Worker:
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.started_at = now()
         self.done = 0
-        self.process_pool: ProcessPool | None = None
+        self.process_pool: ProcessPool | None = None  # --pool process
         self._pool_kind = pool
         self._app_ref = app_ref
         self._stop_requested = threading.Event()
@@ -81,6 +81,8 @@ class Worker:
     def start(self) -> None:
         """Connect, register the node and start taking work (on the worker's event loop)."""
         if self._pool_kind == "process" and self._app_ref:
+            from conveyor.worker.process_pool import ProcessPool  # multiprocessing only when asked for
+
             self.process_pool = ProcessPool(self._app_ref, self.concurrency)
         self._loop = EventLoopThread(name="conveyor-worker")
         try:
