@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from conveyor import message
+from conveyor import message, tracing
 from conveyor.broker.base import Broker, PublishItem
 from conveyor.errors import ConveyorError
 from conveyor.message import Message
@@ -49,7 +49,8 @@ class PublishesLater(Protocol):
 def publish_item(task: Task, now: float) -> PublishItem:
     """The task's next message, due at its eta (``now``: the store's clock)."""
     delay_s = max(0.0, task.eta - now) if task.eta else 0.0
-    return (message.encode(Message.for_task(task)), task.queue, task.priority, delay_s, None)
+    return (message.encode(Message.for_task(task, tracing.trace_for(task.id))), task.queue, task.priority,
+            delay_s, None)
 
 
 def publish_tasks(broker: Broker, tasks: Sequence[Task], *, at: float | None = None) -> None:
