@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from conveyor import message
 from conveyor.broker.base import Broker, PublishItem
 from conveyor.errors import ConveyorError
+from conveyor.flow.routing import publish_queue
 from conveyor.message import Message
 from conveyor.model import Task
 from conveyor.store.base import Store
@@ -36,7 +37,8 @@ FLUSH_AT_EXIT_S = 10.0
 def publish_item(task: Task, now: float) -> PublishItem:
     """The task's next message, due at its eta (``now``: the store's clock)."""
     delay_s = max(0.0, task.eta - now) if task.eta else 0.0
-    return (message.encode(Message.for_task(task)), task.queue, task.priority, delay_s, None)
+    queue = task.queue if task.flow is None else publish_queue(task)  # a task pinned to a node: its queue
+    return (message.encode(Message.for_task(task)), queue, task.priority, delay_s, None)
 
 
 def publish_tasks(broker: Broker, tasks: Sequence[Task], *, at: float | None = None) -> None:
@@ -45,7 +47,7 @@ def publish_tasks(broker: Broker, tasks: Sequence[Task], *, at: float | None = N
     if not tasks:
         return
     now = time.time() if at is None else at
-    for queue in {t.queue for t in tasks}:
+    for queue in {t.queue if t.flow is None else publish_queue(t) for t in tasks}:
         broker.declare_queue(queue)
     broker.publish_many([publish_item(t, now) for t in tasks])
 

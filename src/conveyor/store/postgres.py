@@ -44,7 +44,7 @@ _FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Task))
 _COLS = ", ".join(_FIELDS)  # table columns in Task field order: a row is Task(*row)
 _STATUS_AT = _FIELDS.index("status")
 _STATUSES = {s.value: s for s in TaskStatus}
-_JSON_FIELDS = frozenset({"params", "result", "error"})
+_JSON_FIELDS = frozenset({"params", "result", "error", "flow"})
 # Identity, the CAS token, and status (written through to_status) are never plain changes.
 _CHANGEABLE = frozenset(_FIELDS) - {"id", "status", "version"}
 _EVENT_COLS = "task_id, from_status, to_status, at, node, detail"
@@ -257,7 +257,7 @@ class PostgresStore:
         with _driver_errors("create"):
             created = self._writes.call((_INSERT_SQL, params))
         # Only a conflict (idempotency key, or an id already adopted) inserts nothing without raising.
-        return (created, True) if created is not None else (self._existing(task), False)
+        return (created, True) if created is not None else self._conflict(task, detail, publish)
 
     def create_many(self, tasks: Sequence[Task], *, detail: str | None = None,
                     publish: bool = True) -> list[tuple[Task, bool]]:
@@ -268,8 +268,20 @@ class PostgresStore:
         for task, row in zip(tasks, written, strict=True):
             if isinstance(row, BaseException):
                 raise row
-            results.append((row, True) if row is not None else (self._existing(task), False))
+            results.append((row, True) if row is not None else self._conflict(task, detail, publish))
         return results
+
+    def _conflict(self, task: Task, detail: str | None, publish: bool) -> tuple[Task, bool]:
+        """The insert of ``task`` did nothing: the task holding its key (or id)."""
+        if task.flow is None:
+            return self._existing(task), False
+        from conveyor.store.postgres_flow import existing_task  # a unique task (docs/flow-control.md)
+
+        with _driver_errors("create"), self._pool.connection() as conn:
+            found = existing_task(conn, task)
+        if found is None:  # the task holding its unique key finished in between: the key is free
+            return self.create(task, detail=detail, publish=publish)
+        return found, False
 
     def _existing(self, task: Task) -> Task:
         if task.idempotency_key is None:
@@ -356,6 +368,19 @@ class PostgresStore:
         with _driver_errors("renew_leases"), self._by_key_lookups() as conn:
             rows = conn.execute(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s)).fetchall()
         return {row[0] for row in rows}
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit (flow control's reads: ``flow.tx.flow_reading``)."""
+        with _driver_errors("read"), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection inside one transaction, for flow control's multi-statement writes
+        (``store/postgres_flow.py``); plans look tasks up by primary key as in ``claim_many``."""
+        with _driver_errors("transaction"), self._by_key_lookups() as conn:
+            yield conn
 
     @contextmanager
     def _by_key_lookups(self) -> Iterator[psycopg.Connection[Any]]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from conveyor._loop_thread import EventLoopThread
 from conveyor.config import Settings
+from conveyor.flow.routing import node_queue
 from conveyor.model import now
 from conveyor.worker.backend import Backend, Intake, Ledger, PortLedger, SplitBackend
 from conveyor.worker.core import InFlight, WorkerCore
@@ -45,10 +46,13 @@ class Worker:
         if pool == "process" and app_ref is None:
             raise ValueError("--pool process needs the app reference (MODULE:APP)")
         self.app = app
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.queues = tuple(queues)
+        # Beside its queues, every node consumes its own (``_node.<id>``): tasks routed to it
+        # by a key, a broadcast or a shard (docs/flow-control.md).
+        self.consumed_queues = (*self.queues, node_queue(self.node_id))
         self.concurrency = max(1, concurrency)
         self.settings = settings or app.settings
-        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.started_at = now()
         self.done = 0
         self.process_pool: ProcessPool | None = None
@@ -137,8 +141,10 @@ def open_backend(app: Conveyor, settings: Settings) -> Backend:
     """The fastest backend for the app's broker and store (see ``worker/backend.py``). A broker
     given by URL is not opened here: the worker speaks AMQP on its own loop."""
     from conveyor.embedded import together
+    from conveyor.flow.hooks import FlowHooks
 
     store = app.store
+    flow = FlowHooks(app.registry, settings)  # flow control: a set lookup per task unless used
     broker_url, broker_obj = app.broker_source()
     if broker_obj is None and broker_url.startswith("sqlite:") and store.__class__.__name__ == "SqliteStore":
         broker_obj = app.broker
@@ -147,10 +153,10 @@ def open_backend(app: Conveyor, settings: Settings) -> Backend:
         if fused is not None:
             from conveyor.worker.sqlite_backend import SqliteBackend
 
-            return SqliteBackend(fused, lease_s=settings.lease_s)
+            return SqliteBackend(fused, lease_s=settings.lease_s, flow=flow)
     intake = _intake(app, broker_url, broker_obj)
     ledger = _ledger(store)
-    return SplitBackend(intake, ledger, store)
+    return SplitBackend(intake, ledger, store, flow)
 
 
 def _intake(app: Conveyor, broker_url: str, broker_obj: object | None) -> Intake:
