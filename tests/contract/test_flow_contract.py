@@ -234,7 +234,7 @@ def test_a_chain_releases_each_step_with_the_previous_result_in_the_same_transac
 
 
 def test_a_chord_fires_once_when_its_last_parent_succeeds_with_the_results_in_order(store: Store) -> None:
-    spec, first = _submit(store, _step("x"), _step("y"), _step("z"), _step("sum", ["x", "y", "z"], collect="list"))
+    _, first = _submit(store, _step("x"), _step("y"), _step("z"), _step("sum", ["x", "y", "z"], collect="list"))
     by_type = {t.type: t for t in first}
     assert _run(store, by_type["w.y"], result=2) == []
     assert _run(store, by_type["w.x"], result=1) == []
@@ -243,7 +243,7 @@ def test_a_chord_fires_once_when_its_last_parent_succeeds_with_the_results_in_or
 
 
 def test_parents_finishing_at_the_same_moment_release_the_chord_exactly_once(store: Store) -> None:
-    spec, first = _submit(store, _step("p1"), _step("p2"), _step("p3"), _step("j", ["p1", "p2", "p3"], "list"))
+    _, first = _submit(store, _step("p1"), _step("p2"), _step("p3"), _step("j", ["p1", "p2", "p3"], "list"))
     started = [store.claim_many([(t.id, 1)], "n1", 30.0)[0] for t in first]
     barrier = threading.Barrier(len(started))
     released: list[Task] = []

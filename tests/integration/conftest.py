@@ -126,9 +126,9 @@ class Cluster:
         return env
 
     def start(self, node_id: str, *, concurrency: int = 8, extra_env: Mapping[str, str] | None = None,
-              wait_ready: bool = True) -> WorkerProcess:
+              wait_ready: bool = True, app_ref: str = COUNTING_APP) -> WorkerProcess:
         log_path = self.tmp_path / f"worker-{node_id}-{len(self.workers)}.log"
-        command = [sys.executable, "-m", "conveyor", "worker", COUNTING_APP, "--concurrency", str(concurrency),
+        command = [sys.executable, "-m", "conveyor", "worker", app_ref, "--concurrency", str(concurrency),
                    "--node-id", node_id]
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

@@ -113,6 +113,11 @@ class Backend(Protocol):
 
     async def requeue(self, arrival: Arrival, delay_s: float) -> None: ...
 
+    def retake(self, arrival: Arrival) -> None:
+        """Put a delivery this node held back (flow control: a wait of under a second for a
+        rate limit) in front of those the next cycle takes."""
+        ...
+
     async def dead_letter(self, arrival: Arrival, reason: str) -> None: ...
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, int]], arrivals: Sequence[Arrival], node: str,
@@ -263,6 +268,9 @@ class SplitBackend:
 
     async def requeue(self, arrival: Arrival, delay_s: float) -> None:
         await self.intake.requeue(arrival, delay_s)
+
+    def retake(self, arrival: Arrival) -> None:
+        self.intake.untake([arrival])
 
     async def dead_letter(self, arrival: Arrival, reason: str) -> None:
         await self.intake.dead_letter(arrival, reason)

@@ -53,6 +53,7 @@ TAKE_WAIT_S = 0.2
 GATHER_MAX_S = 0.002
 RETRY_PAUSE_S = 0.1
 RECORD_RETRY_MAX_S = 2.0
+LOCAL_HOLD_S = 1.0  # flow control: shorter waits for a rate limit are held on the node, not in the broker
 
 
 @dataclass(eq=False)
@@ -254,6 +255,8 @@ class WorkerCore:
         if isinstance(decision, Drop):
             log.debug("dropping delivery of task %s: %s", msg.id, decision.reason)
             await _logged(self.backend.ack([arrival]), "ack")
+        elif isinstance(decision, Later) and flow is not None and flow.gates(msg):
+            await self._wait_then_claim(arrival, decision.delay_s)  # a limited task due in a moment
         elif isinstance(decision, Later):
             await _logged(self.backend.requeue(arrival, decision.delay_s), "requeue")
         elif isinstance(decision, Republish):  # a limited task taken over: its next message goes through its limits
@@ -270,7 +273,21 @@ class WorkerCore:
         if claimed.hold_s is None:
             await _logged(self.backend.ack([claimed.arrival]), "ack")
         else:
-            await _logged(self.backend.requeue(claimed.arrival, claimed.hold_s), "requeue")
+            await self._wait_then_claim(claimed.arrival, claimed.hold_s)
+
+    async def _wait_then_claim(self, arrival: Arrival, delay_s: float) -> None:
+        """A wait of under a second (a rate limit's start time) is held here, without a slot:
+        a broker's delay would round it up (RabbitMQ: to 100 ms steps) and make starts bunch.
+        Longer waits go back to the broker."""
+        if delay_s >= LOCAL_HOLD_S or self._stopping.is_set():
+            await _logged(self.backend.requeue(arrival, delay_s), "requeue")
+            return
+        await asyncio.sleep(delay_s)
+        if self._stopping.is_set():
+            await _logged(self.backend.requeue(arrival, 0.0), "requeue")
+            return
+        self.backend.retake(arrival)
+        self._finished_ready.set()  # wake the cycle: it takes the delivery again
 
     # -- run --------------------------------------------------------------------------------
     def _start(self, task: Task, arrival: Arrival) -> None:

@@ -80,6 +80,7 @@ class AmqpIntake:
 
     def untake(self, arrivals: Sequence[Arrival]) -> None:
         self._buffer.extendleft(reversed(arrivals))
+        self._arrived.set()
 
     async def take(self, max_n: int) -> list[Arrival]:
         taken: list[Arrival] = []

@@ -150,6 +150,9 @@ class SqliteBackend:
         for arrival in arrivals:
             arrival.settled = True
 
+    def retake(self, arrival: Arrival) -> None:
+        self._buffer.appendleft(arrival.handle)
+
     async def requeue(self, arrival: Arrival, delay_s: float) -> None:
         if not arrival.settled:
             arrival.settled = True
