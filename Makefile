@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services
+.PHONY: demo test lint bench clean services test-deps phpunit chaos model
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -17,18 +17,38 @@ demo: $(STAMP)
 	$(BIN)/conveyor demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests protocol $(wildcard bench)
 	$(BIN)/mypy
 
 services:
 	bash scripts/start-services.sh
 
+# What the tests need from Debian beyond Python: PHP (clients/php: php-cli, php-amqplib, phpunit,
+# php-laravel-framework), spin, faketime, iproute2 (see the script).
+test-deps:
+	bash scripts/install-debian-packages.sh --php --test
+
+# The PHP package's unit tests (Debian's phpunit). The pytest suite runs the PHP worker and
+# client against the real servers (tests/php, tests/conformance).
+phpunit: test-deps
+	cd clients/php && phpunit --colors=never
+
 # pytest exits 5 when it collected no test; make treats that as the failure it is.
-test: $(STAMP) lint services
+test: $(STAMP) lint services phpunit
 	$(BIN)/pytest tests
+
+# The chaos suite at the sizes of issue 11 (CI runs its short form inside `make test`); each
+# scenario prints its tally, and all of them are appended to chaos-results.jsonl
+# (`python -m tests.chaos.table` turns that file into docs/reliability.md's table).
+chaos: $(STAMP) test-deps services model
+	CONVEYOR_CHAOS=full CONVEYOR_CHAOS_RESULTS=$(CURDIR)/chaos-results.jsonl $(BIN)/pytest tests/chaos -p no:cacheprovider -rxX
+
+# The protocol model (model/conveyor.pml) checked by Spin, larger bounds than CI's.
+model: $(STAMP) test-deps
+	$(BIN)/python -m tests.model.spin --full
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) conveyor.db conveyor.db-wal conveyor.db-shm
+	rm -rf $(VENV) conveyor.db conveyor.db-wal conveyor.db-shm chaos-results.jsonl

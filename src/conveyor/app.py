@@ -82,6 +82,13 @@ class Conveyor:
             return getattr(arg, "url", ""), arg
         return arg or self.settings.broker_url, self._broker
 
+    def store_source(self) -> tuple[str, Store | None]:
+        """(the store's URL, the store object if one was given or is open): like ``broker_source``."""
+        arg = self._store_arg
+        if arg is not None and not isinstance(arg, str):
+            return getattr(arg, "url", ""), arg
+        return arg or self.settings.store_url, self._store
+
     def _open_store(self) -> Store:
         arg = self._store_arg
         return open_store(arg or self.settings.store_url) if arg is None or isinstance(arg, str) else arg

@@ -15,6 +15,7 @@
         UnknownTask                no handler registered for a task type
         SerializationError         params/result are not JSON
         TaskTimeout                a handler ran past its timeout
+        HandlerError               a handler raised in a child process (--pool process)
       TaskFailed                   raised by TaskHandle.result() for a failed/cancelled task
       WorkflowFailed               raised by WorkflowHandle.result() for a failed/cancelled workflow
 
@@ -91,6 +92,14 @@ class TaskTimeout(TaskError):
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"task ran longer than its timeout of {timeout_s:g} s")
         self.timeout_s = timeout_s
+
+
+class HandlerError(TaskError):
+    """A handler raised in a child process (``--pool process``); carries the child's error record."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info.get("message") or info.get("type") or "handler failed")
+        self.info = info
 
 
 class TaskFailed(ConveyorError):

@@ -5,18 +5,22 @@ See docs/protocol.md and protocol/task-message.schema.json. JSON only, never pic
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from conveyor import validation
 from conveyor.errors import SerializationError
 from conveyor.model import JSON, Task, TaskStatus, iso, now, parse_iso
 
 PROTOCOL_VERSION = 1
 CONTENT_TYPE = "application/json"
 MAX_MESSAGE_BYTES = 1024 * 1024  # 1 MiB: larger bodies are dead-lettered, larger params refused
+UUID_TEXT = re.compile(validation.UUID_PATTERN)
+_INSTANT = re.compile(validation.INSTANT_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +107,9 @@ def encode(message: Message) -> bytes:
 
 
 def decode(body: bytes) -> Message:
-    """Parse and validate a message body; raise SerializationError saying what is wrong."""
+    """Parse and validate a message body; raise SerializationError saying what is wrong.
+    Checks what protocol/task-message.schema.json says, with the bounds of ``validation``
+    (unknown fields are ignored), so a body the store would refuse never gets that far."""
     if len(body) > MAX_MESSAGE_BYTES:
         raise SerializationError(f"message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
@@ -113,45 +119,46 @@ def decode(body: bytes) -> Message:
     if not isinstance(data, dict):
         raise SerializationError("body must be a JSON object")
     try:
-        return _from_dict(data)
+        msg = _from_dict(data)
+        if validation.may_hold_nul(body):
+            validation.check_params(msg.params)
+            validation.check_json(msg.trace, "trace")
     except KeyError as exc:
         raise SerializationError(f"invalid task message: missing field {exc}") from exc
     except (TypeError, ValueError, AttributeError) as exc:
         raise SerializationError(f"invalid task message: {exc}") from exc
+    return msg
 
 
 def _from_dict(data: dict[str, Any]) -> Message:
-    version = data.get("protocol", PROTOCOL_VERSION)
-    if version != PROTOCOL_VERSION:
-        raise ValueError(f"unsupported protocol version {version}")
-    task_type, params = data["type"], data.get("params", {})
-    if not isinstance(task_type, str) or not task_type:
-        raise ValueError("'type' must be a non-empty string")
+    version = data["protocol"]
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise ValueError(f"unsupported protocol version {version!r}")
+    task_id = data["id"]
+    if not isinstance(task_id, str) or not UUID_TEXT.fullmatch(task_id):
+        raise ValueError("id must be a UUID string (8-4-4-4-12 hex)")
+    params = data["params"]
     if not isinstance(params, dict):
-        raise ValueError("'params' must be a JSON object")
-    priority = int(data.get("priority", 0))
-    if not 0 <= priority <= 9:
-        raise ValueError("'priority' must be 0-9")
-    timeout = data.get("timeout")
+        raise ValueError("params must be a JSON object")
     eta = data.get("eta")
-    if eta is not None and not isinstance(eta, str):
-        raise ValueError("'eta' must be an ISO-8601 string or null")
+    if eta is not None and (not isinstance(eta, str) or not _INSTANT.fullmatch(eta)):
+        raise ValueError("eta must be an ISO-8601 UTC instant (Z or an offset) or null")
     trace = data.get("trace") or {}
-    if not isinstance(trace, dict):
-        raise ValueError("'trace' must be a JSON object")
+    if not isinstance(trace, dict) or not all(isinstance(v, str) for v in trace.values()):
+        raise ValueError("trace must be a JSON object of strings")
     flow = data.get("flow")
     if flow is not None and not isinstance(flow, dict):
-        raise ValueError("'flow' must be a JSON object or null")
+        raise ValueError("flow must be a JSON object or null")
     return Message(
-        id=uuid.UUID(str(data["id"])),
-        type=task_type,
+        id=uuid.UUID(task_id),
+        type=validation.check_type(data["type"]),
         params=params,
-        queue=str(data.get("queue", "default")),
-        priority=priority,
-        attempt=int(data.get("attempt", 1)),
-        max_attempts=int(data.get("max_attempts", 3)),
-        timeout=float(timeout) if timeout is not None else None,
-        eta=parse_iso(eta),
-        trace={str(k): str(v) for k, v in trace.items()},
+        queue=validation.check_queue(data["queue"]),
+        priority=validation.check_priority(data.get("priority", 0)),
+        attempt=validation.check_attempt(data.get("attempt", 1)),
+        max_attempts=validation.check_attempt(data.get("max_attempts", 3), "max_attempts"),
+        timeout=validation.check_timeout(data.get("timeout")),
+        eta=validation.check_eta(parse_iso(eta)),
+        trace=trace,
         flow=flow,
     )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor import message
+from conveyor import message, validation
 from conveyor.broker.base import Broker
 from conveyor.embedded import together
 from conveyor.errors import ConcurrentUpdate, InvalidTransition, SerializationError
@@ -35,13 +34,11 @@ from conveyor.publisher import Publisher
 from conveyor.publisher import publish_tasks as publish_tasks  # re-exported: reports, worker
 from conveyor.store.base import Store
 from conveyor.task import Registry, TaskOptions
+from conveyor.validation import MAX_KEY_LENGTH, MAX_TYPE_LENGTH, QUEUE_NAME
+
+__all__ = ["MAX_KEY_LENGTH", "MAX_TYPE_LENGTH", "QUEUE_NAME", "SubmitRequest", "TaskService", "publish_tasks"]
 
 log = logging.getLogger(__name__)
-
-MAX_TYPE_LENGTH = 200
-MAX_KEY_LENGTH = 200
-# Queue names: letters, digits, "." "-" "_" ":"; a leading "_" is reserved for Conveyor (_reports).
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,38 +92,31 @@ class TaskService:
         return await batcher.submit(task)
 
     def build_task(self, request: SubmitRequest) -> Task:
-        """Validate a request into a Task (raises ValueError / SerializationError)."""
-        _validate_type(request.type)
+        """Validate a request into a Task (raises ValueError / SerializationError) with the
+        bounds of ``conveyor.validation``, the same at every entry point."""
+        task_type = validation.check_type(request.type)
         if not isinstance(request.params, dict):
             raise SerializationError("params must be a JSON object")
         params = message.loads(message.dumps(request.params))  # refuse non-JSON early, keep JSON types
-        spec = self.registry.find(request.type)
+        validation.check_params(request.params)  # what dumps lets through: NaN, Infinity (as null), NUL
+        spec = self.registry.find(task_type)
         defaults = spec.options if spec else TaskOptions()
-        queue = request.queue or defaults.queue
-        if not QUEUE_NAME.match(queue):
-            raise ValueError("queue must be 1-100 of letters, digits, '.', '-', '_' or ':', not starting with '_'")
-        priority = defaults.priority if request.priority is None else request.priority
-        if not 0 <= priority <= 9:
-            raise ValueError("priority must be between 0 and 9")
-        max_attempts = defaults.max_attempts if request.max_attempts is None else request.max_attempts
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        timeout = defaults.timeout if request.timeout is None else request.timeout
-        if timeout is not None and timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if request.idempotency_key is not None and not 0 < len(request.idempotency_key) <= MAX_KEY_LENGTH:
-            raise ValueError(f"idempotency_key must be 1-{MAX_KEY_LENGTH} characters")
+        queue = validation.check_queue(request.queue or defaults.queue)
+        priority = validation.check_priority(defaults.priority if request.priority is None else request.priority)
+        max_attempts = validation.check_attempt(
+            defaults.max_attempts if request.max_attempts is None else request.max_attempts, "max_attempts")
+        timeout = validation.check_timeout(defaults.timeout if request.timeout is None else request.timeout)
+        if request.idempotency_key is not None:
+            validation.check_key(request.idempotency_key)
         created_at = self.store.now()
-        eta = request.eta
+        eta = validation.check_eta(request.eta)
         if request.delay_s is not None:
-            if request.delay_s < 0:
-                raise ValueError("delay must not be negative")
-            eta = created_at + request.delay_s
+            eta = created_at + validation.check_delay(request.delay_s)
         scheduled = eta is not None and eta > created_at
         flow = submit_flow(request.type, params, defaults.flow, unique_key=request.unique_key, route=request.route,
                            route_key=request.route_key)
         return Task(
-            type=request.type, params=params, queue=queue,
+            type=task_type, params=params, queue=queue,
             priority=priority, max_attempts=max_attempts, timeout=timeout,
             eta=eta if scheduled else None, idempotency_key=request.idempotency_key,
             status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,
@@ -153,6 +143,9 @@ class TaskService:
             task = self.store.get(task_id)
             if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
                 raise InvalidTransition(task_id, task.status.value, TaskStatus.QUEUED.value)
+            if task.attempts >= validation.MAX_ATTEMPTS:  # its next message would be refused as invalid
+                raise InvalidTransition(task_id, f"{task.status.value} after {task.attempts} attempts",
+                                        TaskStatus.QUEUED.value)
             try:
                 updated = self.store.update(
                     task, TaskStatus.QUEUED, detail="retried on request", queued_at=self.store.now(),
@@ -242,9 +235,3 @@ class _AsyncSubmitter:
         finally:
             self._running = False
 
-
-def _validate_type(task_type: object) -> None:
-    if not isinstance(task_type, str) or not task_type.strip():
-        raise ValueError("type must be a non-empty string")
-    if len(task_type) > MAX_TYPE_LENGTH:
-        raise ValueError(f"type must be at most {MAX_TYPE_LENGTH} characters")

@@ -91,7 +91,7 @@ def assert_invalid(response: Any, *fields: str) -> str:
     ({"type": "x", "queue": "has space"}, "queue"),
     ({"type": "x", "queue": ""}, "queue"),
     ({"type": "x", "queue": "_reports"}, "queue"),
-    ({"type": "x", "queue": "q" * 101}, "queue"),
+    ({"type": "x", "queue": "q" * 201}, "queue"),
     ({"type": "x", "idempotency_key": ""}, "idempotency_key"),
     ({"type": "x", "idempotency_key": "k" * 201}, "idempotency_key"),
     ({"type": "x", "surprise": 1}, "surprise"),

@@ -259,7 +259,8 @@ def test_sigterm_returns_a_task_longer_than_the_grace_and_another_worker_runs_it
 
 def _bad_bodies() -> dict[str, bytes]:
     def task_body(**fields: object) -> bytes:
-        return orjson.dumps({"id": str(uuid.uuid4()), "params": {"n": 1}, **fields})
+        return orjson.dumps({"protocol": 1, "id": str(uuid.uuid4()), "params": {"n": 1}, "queue": "default",
+                             **fields})
 
     return {
         "not json": b"\x00\x01 this is not json {",

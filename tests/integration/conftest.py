@@ -119,6 +119,7 @@ class Cluster:
             "CONVEYOR_BROKER_URL": self.broker_url, "CONVEYOR_STORE_URL": self.store_url,
             "CONVEYOR_LEASE_S": str(LEASE_S), "CONVEYOR_HEARTBEAT_S": str(HEARTBEAT_S),
             "CONVEYOR_GRACE_S": str(GRACE_S), "CONVEYOR_LOG_LEVEL": "INFO", EXEC_LOG_ENV: str(self.exec_log),
+            "CONVEYOR_OUTBOX_GRACE_S": "3",  # an unpublished intent (a crashed publisher) is sent after 3 s
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
         })
@@ -126,9 +127,10 @@ class Cluster:
         return env
 
     def start(self, node_id: str, *, concurrency: int = 8, extra_env: Mapping[str, str] | None = None,
-              wait_ready: bool = True, app_ref: str = COUNTING_APP) -> WorkerProcess:
+              wait_ready: bool = True, app: str = COUNTING_APP, prefix: Sequence[str] = ()) -> WorkerProcess:
+        """``prefix`` runs the worker under another command (``ip netns exec NS``, ``faketime``)."""
         log_path = self.tmp_path / f"worker-{node_id}-{len(self.workers)}.log"
-        command = [sys.executable, "-m", "conveyor", "worker", app_ref, "--concurrency", str(concurrency),
+        command = [*prefix, sys.executable, "-m", "conveyor", "worker", app, "--concurrency", str(concurrency),
                    "--node-id", node_id]
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(

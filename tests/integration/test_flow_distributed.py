@@ -32,7 +32,7 @@ class Distributed:
                                        heartbeat_s=HEARTBEAT_S))
 
     def start(self, node_ids: Sequence[str], concurrency: int = 8) -> list[WorkerProcess]:
-        started = [self.cluster.start(n, concurrency=concurrency, wait_ready=False, app_ref=scenarios.APP_REF)
+        started = [self.cluster.start(n, concurrency=concurrency, wait_ready=False, app=scenarios.APP_REF)
                    for n in node_ids]
         for worker in started:
             self.cluster.wait_ready(worker)

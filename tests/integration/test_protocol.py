@@ -24,6 +24,7 @@ from conveyor.app import Conveyor
 from conveyor.broker.rabbitmq import RabbitmqBroker
 from conveyor.config import Settings
 from conveyor.errors import TaskNotFound
+from conveyor.foreign import ClaimRequest, LeaseTerms, claim
 from conveyor.model import Task, TaskStatus
 from conveyor.reports import ReportConsumer, apply_report
 from conveyor.service import SubmitRequest, TaskService
@@ -275,12 +276,16 @@ def test_running_reports_start_renew_and_never_steal_a_live_attempt(service: Tas
     assert service.get(task.id).status is TaskStatus.RUNNING
 
 
-def test_a_running_report_takes_over_an_attempt_whose_lease_expired(service: TaskService) -> None:
+def test_a_running_report_never_takes_over_an_expired_lease_a_claim_does(service: TaskService) -> None:
     task, _ = service.submit(SubmitRequest(type="t", params={}, queue="foreign"))
     apply_report(service, _report(task, 1, "running"), lease_s=0.01)
     time.sleep(0.05)
-    assert apply_report(service, _report(task, 1, "running", node="n2"), lease_s=LEASE_S) == "taken over from n1"
-    assert service.get(task.id).node == "n2"
+    outcome = apply_report(service, _report(task, 1, "running", node="n2"), lease_s=LEASE_S)
+    assert outcome.startswith("ignored: attempt 1 runs on n1") and service.get(task.id).node == "n1"
+    answer = claim(service, ClaimRequest(id=task.id, attempt=1, node="n2"), LeaseTerms(lease_s=LEASE_S))
+    assert (answer.decision, answer.attempt) == ("run", 2)
+    taken = service.get(task.id)
+    assert (taken.node, taken.attempts, taken.crashes) == ("n2", 2, 1)
 
 
 def test_reports_for_finished_or_cancelled_tasks_change_nothing(service: TaskService) -> None:

@@ -112,9 +112,18 @@ def test_message_round_trips_through_encode_and_decode() -> None:
 def test_decode_fills_defaults_for_a_minimal_message() -> None:
     task_id = uuid.uuid4()
 
-    message = decode(orjson.dumps({"id": str(task_id), "type": "ping"}))
+    message = decode(orjson.dumps({"protocol": 1, "id": str(task_id), "type": "ping", "params": {},
+                                   "queue": "default"}))
 
     assert message == Message(id=task_id, type="ping", params={})
+
+
+@pytest.mark.parametrize("missing", ["protocol", "id", "type", "params", "queue"])
+def test_decode_requires_the_fields_the_schema_requires(missing: str) -> None:
+    body = {"protocol": 1, "id": str(uuid.uuid4()), "type": "ping", "params": {}, "queue": "default"}
+    del body[missing]
+    with pytest.raises(SerializationError, match=missing):
+        decode(orjson.dumps(body))
 
 
 @pytest.mark.parametrize("body", [

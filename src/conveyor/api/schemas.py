@@ -37,13 +37,21 @@ from conveyor.errors import (
     UnknownTask,
 )
 from conveyor.model import TaskStatus
-from conveyor.service import MAX_KEY_LENGTH, MAX_TYPE_LENGTH, QUEUE_NAME, SubmitRequest
+from conveyor.service import SubmitRequest
+from conveyor.validation import (
+    MAX_ATTEMPTS,
+    MAX_DELAY_S,
+    MAX_KEY_LENGTH,
+    MAX_PRIORITY,
+    MAX_TIMEOUT_S,
+    MAX_TYPE_LENGTH,
+    QUEUE_PATTERN,
+    check_json,
+    check_text,
+)
 
 MAX_BATCH = 1000
-MAX_DELAY_S = 100 * 366 * 86400.0  # a century: keeps eta inside datetime's range
-MAX_TIMEOUT_S = 366 * 86400.0  # a year: larger values overflow thread waits
 MAX_ETA = datetime(9000, 1, 1, tzinfo=UTC)
-QUEUE_PATTERN = QUEUE_NAME.pattern  # TaskService's rule; a leading "_" is reserved
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -102,13 +110,10 @@ def error_response(status: int, type_: str, text: str, fields: list[str] | None 
 # -- request models -------------------------------------------------------------------------
 def _clean_text(value: str) -> str:
     """Refuse what some backends cannot store (PostgreSQL: NUL; every driver: lone surrogates)."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
-    return value
+        return check_text(value, "value", allow_empty=True)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("value ")) from None
 
 
 def _non_blank(value: str) -> str:
@@ -118,12 +123,13 @@ def _non_blank(value: str) -> str:
 
 
 def _json_params(value: dict[str, Any]) -> dict[str, Any]:
+    """Plain JSON only: NaN, Infinity (and 1e400, which parses as Infinity) are refused rather
+    than sent on as null; so are NUL characters, which PostgreSQL cannot store."""
     try:
-        encoded = message.dumps(value)
-    except SerializationError as exc:
-        raise ValueError(str(exc)) from None
-    if b"\\u0000" in encoded:
-        raise ValueError("must not contain NUL characters in strings")
+        check_json(value, "params")
+        message.dumps(value)
+    except (ValueError, SerializationError) as exc:
+        raise ValueError(str(exc).removeprefix("params ")) from None
     return value
 
 
@@ -160,12 +166,12 @@ class TaskIn(BaseModel):
     params: Annotated[dict[str, Any], AfterValidator(_json_params)] = Field(
         default_factory=dict, description="Handler parameters: a JSON object.")
     queue: QueueName | None = Field(None, description="Queue name; default: the type's queue.")
-    priority: StrictInt | None = Field(None, ge=0, le=9, description="0-9, higher runs first.")
+    priority: StrictInt | None = Field(None, ge=0, le=MAX_PRIORITY, description="0-9, higher runs first.")
     delay: StrictFloat | None = Field(None, ge=0, le=MAX_DELAY_S,
                                       description="Run not before this many seconds from now.")
     eta: Eta = Field(None, description="Run not before this ISO-8601 time (naive means UTC). "
                                        "Give delay or eta, not both.")
-    max_attempts: StrictInt | None = Field(None, ge=1, le=1000)
+    max_attempts: StrictInt | None = Field(None, ge=1, le=MAX_ATTEMPTS)
     timeout: StrictFloat | None = Field(None, gt=0, le=MAX_TIMEOUT_S, description="Seconds per attempt.")
     idempotency_key: IdempotencyKey | None = Field(
         None, description="A repeated key returns the first task (HTTP 200) instead of a new one.")

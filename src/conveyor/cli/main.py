@@ -25,6 +25,7 @@ _LAZY = {
     "demo": "conveyor.cli.demo", "worker": "conveyor.cli.worker", "db": "conveyor.cli.db",
     "submit": "conveyor.cli.tasks", "tasks": "conveyor.cli.tasks", "task": "conveyor.cli.tasks",
     "nodes": "conveyor.cli.tasks", "scheduler": "conveyor.cli.scheduler", "schedule": "conveyor.cli.scheduler",
+    "adopt": "conveyor.cli.adopt",
 }
 
 

@@ -22,7 +22,7 @@ from conveyor.config import Settings
 from conveyor.errors import ConfigError, SerializationError
 from conveyor.message import loads
 from conveyor.model import iso
-from conveyor.reports import ReportConsumer
+from conveyor.reports import open_report_consumer
 from conveyor.scheduler.schedule_store import ScheduleStore, open_schedule_store
 from conveyor.scheduler.schedules import Schedule
 from conveyor.scheduler.service import SchedulerService
@@ -66,7 +66,7 @@ def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, le
     server = None
     # Reports from workers in other languages (docs/protocol.md); every replica consumes them,
     # the store's compare-and-set keeps concurrent appliers safe.
-    reports = ReportConsumer(tasks, lease_s=settings.lease_s)
+    reports = open_report_consumer(tasks, settings)
     reports.start()
     try:
         server = None if no_http else _start_http(settings, bind, tasks)

@@ -11,6 +11,7 @@ from conveyor.cli.main import CliContext, cli
 from conveyor.errors import SerializationError, TaskFailed
 from conveyor.message import loads
 from conveyor.model import TaskFilter, TaskStatus
+from conveyor.validation import MAX_ATTEMPTS
 
 
 def _app(ctx: CliContext):  # type: ignore[no-untyped-def]
@@ -25,7 +26,7 @@ def _app(ctx: CliContext):  # type: ignore[no-untyped-def]
 @click.option("--queue", help="Queue (default: default).")
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher first.")
 @click.option("--delay", type=float, help="Run not before this many seconds from now.")
-@click.option("--max-attempts", type=click.IntRange(1, 1000))
+@click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS))
 @click.option("--timeout", type=float, help="Seconds per attempt.")
 @click.option("--idempotency-key")
 @click.option("--wait", is_flag=True, help="Wait for the task to finish and print its result.")

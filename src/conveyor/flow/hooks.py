@@ -180,7 +180,7 @@ def sweep(store: Store, publish: Callable[[Sequence[Task]], None], *, max_crashe
         parked = bool(tx.rows("SELECT 1 FROM flow_parked LIMIT 1"))
         waiting = bool(tx.rows("SELECT 1 FROM flow_steps WHERE state = 'waiting' LIMIT 1"))
         pinned = tx.pinned_nodes()
-    nodes = store.nodes() if pinned else []
+        nodes = tx.nodes() if pinned else []
     dead = set(routing.dead_pins(nodes, store.now(), heartbeat_s)) | (set(pinned) - {n.id for n in nodes})
     dead &= set(pinned)
     if not (parked or waiting or dead):

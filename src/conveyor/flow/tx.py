@@ -13,12 +13,13 @@ read them with ``as_uuid``.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from conveyor.model import Task, TaskStatus
+from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.store.base import Outcome, Store
 
 OUTBOX_UPSERT = ("INSERT INTO task_outbox (task_id, version, at) VALUES (?, ?, ?)"
@@ -65,6 +66,10 @@ class FlowTx(Protocol):
         """Tasks pinned to ``node`` that have not started."""
         ...
 
+    def nodes(self) -> list[NodeInfo]:
+        """The node registry (``Store.nodes``)."""
+        ...
+
     def lock_buckets(self, buckets: Sequence[tuple[str, str, str]]) -> None:
         """Create (if new) and lock the ``flow_buckets`` rows (kind, name, key), in the order given
         (callers sort them, so two transactions never wait for each other in a circle)."""
@@ -75,46 +80,53 @@ def as_uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
+def _is(store: object, module: str, name: str) -> bool:
+    """``isinstance`` without importing: a store of a class can only exist once its module is
+    loaded (a worker process must not load psycopg, nor the API asyncpg)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(store, getattr(loaded, name))
+
+
 @contextmanager
 def flow_transaction(store: Store) -> Iterator[FlowTx]:
     """A flow transaction on ``store`` (committed when the block ends, rolled back on error)."""
-    from conveyor.store.sqlite import SqliteStore
-
-    if isinstance(store, SqliteStore):
+    if _is(store, "conveyor.store.sqlite", "SqliteStore"):
         from conveyor.store.sqlite_flow import SqliteFlowTx
 
-        with store.transaction() as conn:
-            yield SqliteFlowTx(store, conn)
-        return
-    from conveyor.store.postgres import PostgresStore
-
-    if isinstance(store, PostgresStore):
+        with store.transaction() as conn:  # type: ignore[attr-defined]
+            yield SqliteFlowTx(store, conn)  # type: ignore[arg-type]
+    elif _is(store, "conveyor.store.postgres", "PostgresStore"):
         from conveyor.store.postgres_flow import PostgresFlowTx
 
-        with store.transaction() as conn:
+        with store.transaction() as conn:  # type: ignore[attr-defined]
             yield PostgresFlowTx(conn)
-        return
-    raise TypeError(f"flow control needs a SqliteStore or a PostgresStore, not {type(store).__name__}")
+    elif _is(store, "conveyor.store.postgres_async", "LoopStore"):  # a worker process: asyncpg on its loop
+        from conveyor.store.postgres_async_flow import loop_transaction
+
+        with loop_transaction(store) as atx:  # type: ignore[arg-type]
+            yield atx
+    else:
+        raise TypeError(f"flow control needs the SQLite or PostgreSQL store, not {type(store).__name__}")
 
 
 @contextmanager
 def flow_reading(store: Store) -> Iterator[FlowTx]:
     """Reads outside a transaction (each statement on its own): a cheap look before a sweep
     opens a write transaction (on SQLite, one that takes the whole file's write lock)."""
-    from conveyor.store.sqlite import SqliteStore
-
-    if isinstance(store, SqliteStore):
+    if _is(store, "conveyor.store.sqlite", "SqliteStore"):
         from conveyor.store.sqlite_flow import SqliteFlowTx
 
-        with store.locked() as conn:
-            yield SqliteFlowTx(store, conn)
-        return
-    from conveyor.store.postgres import PostgresStore
-
-    if isinstance(store, PostgresStore):
+        with store.locked() as conn:  # type: ignore[attr-defined]
+            yield SqliteFlowTx(store, conn)  # type: ignore[arg-type]
+    elif _is(store, "conveyor.store.postgres", "PostgresStore"):
         from conveyor.store.postgres_flow import PostgresFlowTx
 
-        with store.connection() as conn:
+        with store.connection() as conn:  # type: ignore[attr-defined]
             yield PostgresFlowTx(conn)
-        return
-    raise TypeError(f"flow control needs a SqliteStore or a PostgresStore, not {type(store).__name__}")
+    elif _is(store, "conveyor.store.postgres_async", "LoopStore"):
+        from conveyor.store.postgres_async_flow import loop_transaction
+
+        with loop_transaction(store, write=False) as atx:  # type: ignore[arg-type]
+            yield atx
+    else:
+        raise TypeError(f"flow control needs the SQLite or PostgreSQL store, not {type(store).__name__}")

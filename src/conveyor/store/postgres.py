@@ -11,8 +11,6 @@ and is created unqualified: a ``search_path`` given in the URL
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -28,10 +26,24 @@ from psycopg_pool import ConnectionPool
 from conveyor.batching import Combiner
 from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, TaskNotFound
 from conveyor.message import dumps
-from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition
+from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus
 from conveyor.store import postgres_batch as batch
 from conveyor.store.base import Outcome
 from conveyor.store.migrate import apply_pending
+from conveyor.store.postgres_sql import (
+    _COLS,
+    _EVENT_COLS,
+    _FIELDS,
+    _INSERT_SQL,
+    _JSON_AT,
+    _NODE_COLS,
+    _STATUSES,
+    _UPSERT_NODE_SQL,
+    _make_task,
+    _node_values,
+    plan_update,
+    task_values,
+)
 
 __all__ = ["PostgresStore", "UpdateItem"]
 
@@ -40,103 +52,43 @@ _Write = tuple[str, Any]
 # (task as last read, to_status, node, detail, changes): one entry of ``update_many``.
 UpdateItem = tuple[Task, TaskStatus | None, str | None, str | None, dict[str, Any]]
 
-_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Task))
-_COLS = ", ".join(_FIELDS)  # table columns in Task field order: a row is Task(*row)
-_STATUS_AT = _FIELDS.index("status")
-_STATUSES = {s.value: s for s in TaskStatus}
-_JSON_FIELDS = frozenset({"params", "result", "error", "flow"})
-# Identity, the CAS token, and status (written through to_status) are never plain changes.
-_CHANGEABLE = frozenset(_FIELDS) - {"id", "status", "version"}
-_EVENT_COLS = "task_id, from_status, to_status, at, node, detail"
-_NODE_COLS = "id, host, pid, queues, concurrency, started_at, last_heartbeat, status, in_flight, done"
-
-# A new task, its creation event and (``publish``) its outbox intent, in one statement. ON CONFLICT
-# without a target: an idempotency key already taken, or an id a worker already adopted from the
-# message, both insert nothing.
-_INSERT_SQL = f"""
-WITH c AS (SELECT {batch.CLOCK} AS now), t AS (
-    INSERT INTO tasks ({_COLS}) VALUES ({", ".join(["%s"] * len(_FIELDS))})
-    ON CONFLICT DO NOTHING
-    RETURNING {_COLS}
-), e AS (
-    INSERT INTO task_events ({_EVENT_COLS})
-    SELECT id, NULL, status, c.now, NULL, %s::text FROM t, c
-), o AS (
-    INSERT INTO task_outbox (task_id, version, at) SELECT id, version, c.now FROM t, c WHERE %s::bool
-)
-SELECT {_COLS} FROM t
-"""
-
 _CLAIMS_SQL = batch.claims_sql(_FIELDS, _COLS, _EVENT_COLS)
 _OUTCOMES_SQL = batch.outcomes_sql(_FIELDS, _COLS, _EVENT_COLS)
 _CLOCK_SQL = f"SELECT {batch.CLOCK}"
 _CLOCK_REFRESH_S = 60.0
 
 
-def _make_task(values: Sequence[Any]) -> Task:
-    row = list(values)
-    row[_STATUS_AT] = _STATUSES[row[_STATUS_AT]]
-    return Task(*row)
-
-
 def _task_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Task]:
     return _make_task
 
 
-def _column_value(name: str, value: Any) -> Any:
-    """A Task field's value as its column's: JSON fields wrapped (params are never NULL)."""
-    if name not in _JSON_FIELDS:
-        return value
-    return Jsonb(value) if name == "params" else batch.jsonb_or_null(value)
+def _jsonb(value: Any) -> Jsonb | None:
+    """A JSON column value for psycopg: Python None is SQL NULL."""
+    return None if value is None else Jsonb(value)
 
 
 def _task_values(task: Task) -> list[Any]:
-    values = [_column_value(name, getattr(task, name)) for name in _FIELDS]
-    values[_STATUS_AT] = task.status.value
+    return _wrap_json(task_values(task), _JSON_AT)
+
+
+def _wrap_json(values: list[Any], positions: Sequence[int]) -> list[Any]:
+    for at in positions:
+        values[at] = _jsonb(values[at])
     return values
 
 
-@functools.lru_cache(maxsize=256)
-def _update_sql(columns: tuple[str, ...], with_event: bool, publish: bool) -> str:
-    """The CAS statement that sets ``columns``; cached so psycopg can prepare it once per shape."""
-    sets = "".join(f"{col} = %s, " for col in columns)
-    update = f"UPDATE tasks SET {sets}version = version + 1 WHERE id = %s AND version = %s RETURNING {_COLS}"
-    if not with_event and not publish:
-        return update
-    event = f"""e AS (
-    INSERT INTO task_events ({_EVENT_COLS})
-    SELECT id, %s::text, %s::text, {batch.CLOCK}, %s::text, %s::text FROM u
-), """ if with_event else ""
-    outbox = f"""o AS (
-    INSERT INTO task_outbox (task_id, version, at) SELECT id, version, {batch.CLOCK} FROM u
-    ON CONFLICT (task_id) DO UPDATE SET version = EXCLUDED.version, at = EXCLUDED.at
-), """ if publish else ""
-    return f"WITH u AS ({update}), {event}{outbox}x AS (SELECT 1) SELECT {_COLS} FROM u"
+def _plan_update(task: Task, to_status: TaskStatus | None, node: str | None, detail: str | None,
+                 changes: dict[str, Any], publish: bool = False) -> tuple[str, list[Any]]:
+    query, values, json_at = plan_update(task, to_status, node, detail, changes, publish)
+    return query, _wrap_json(values, json_at)
 
 
-def _plan_update(
-    task: Task, to_status: TaskStatus | None, node: str | None, detail: str | None, changes: dict[str, Any],
-    publish: bool = False,
-) -> tuple[str, list[Any]]:
-    """Validate one update and return its statement and parameters (nothing is sent)."""
-    unknown = set(changes) - _CHANGEABLE
-    if unknown:
-        raise TypeError(f"update() cannot change {sorted(unknown)}")
-    columns: list[str] = []
-    values: list[Any] = []
-    if to_status is not None:
-        check_transition(task.id, task.status, to_status)
-        columns.append("status")
-        values.append(to_status.value)
-    if node is not None:
-        changes = {**changes, "node": node}
-    for name, value in changes.items():
-        columns.append(name)
-        values.append(_column_value(name, value))
-    values += [task.id, task.version]
-    if to_status is not None:
-        values += [task.status.value, to_status.value, node, detail]
-    return _update_sql(tuple(columns), to_status is not None, publish), values
+def _batch_json(params: dict[str, Any]) -> dict[str, Any]:
+    """The JSON arrays of a batch statement's parameters, wrapped for psycopg."""
+    for key in ("f_results", "f_errors"):
+        if key in params:
+            params[key] = [_jsonb(v) for v in params[key]]
+    return params
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -343,7 +295,7 @@ class PostgresStore:
         keep = batch.first_of_each_id([o.task_id for o in outcomes])
         with _driver_errors("finish"), self._by_key_lookups() as conn:
             rows = conn.cursor(row_factory=_task_rows).execute(
-                _OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep], node)).fetchall()
+                _OUTCOMES_SQL, _batch_json(batch.outcomes_params([outcomes[k] for k in keep], node))).fetchall()
         written = {t.id: t for t in rows}
         kept = set(keep)
         return [written.get(o.task_id) if i in kept else None for i, o in enumerate(outcomes)]
@@ -489,16 +441,8 @@ class PostgresStore:
         return stats
 
     def upsert_node(self, node: NodeInfo) -> None:
-        updates = ", ".join(f"{col} = EXCLUDED.{col}" for col in _NODE_COLS.split(", ")[1:])
         with _driver_errors("upsert_node"), self._pool.connection() as conn:
-            conn.execute(
-                f"INSERT INTO nodes ({_NODE_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                f" ON CONFLICT (id) DO UPDATE SET {updates}",
-                (
-                    node.id, node.host, node.pid, list(node.queues), node.concurrency,
-                    node.started_at, node.last_heartbeat, node.status, node.in_flight, node.done,
-                ),
-            )  # fmt: skip
+            conn.execute(_UPSERT_NODE_SQL, _node_values(node))
 
     def nodes(self) -> list[NodeInfo]:
         with _driver_errors("nodes"), self._pool.connection() as conn:

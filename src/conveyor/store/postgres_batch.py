@@ -10,8 +10,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from conveyor.store.base import CLAIM_EARLY_SLACK_S, Outcome
 
 CLOCK = "extract(epoch FROM clock_timestamp())::float8"
@@ -109,11 +107,6 @@ RETURNING t.id
 """
 
 
-def jsonb_or_null(value: Any) -> Jsonb | None:
-    """A JSON column value: Python None is SQL NULL."""
-    return None if value is None else Jsonb(value)
-
-
 def claims_params(claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> dict[str, Any]:
     return {"c_ids": [c[0] for c in claims], "c_attempts": [c[1] for c in claims], "node": node, "lease_s": lease_s}
 
@@ -121,8 +114,8 @@ def claims_params(claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: f
 def outcomes_params(outcomes: Sequence[Outcome], node: str) -> dict[str, Any]:
     return {
         "f_ids": [o.task_id for o in outcomes], "f_attempts": [o.attempt for o in outcomes],
-        "f_statuses": [o.status.value for o in outcomes], "f_results": [jsonb_or_null(o.result) for o in outcomes],
-        "f_errors": [jsonb_or_null(o.error) for o in outcomes], "f_delays": [o.retry_in_s for o in outcomes],
+        "f_statuses": [o.status.value for o in outcomes], "f_results": [o.result for o in outcomes],
+        "f_errors": [o.error for o in outcomes], "f_delays": [o.retry_in_s for o in outcomes],
         "f_details": [o.detail for o in outcomes], "f_publish": [o.publish for o in outcomes], "node": node,
     }
 

@@ -15,13 +15,14 @@ import psycopg
 
 from conveyor.errors import ConcurrentUpdate, TaskNotFound
 from conveyor.flow.options import ACTIVE_STATUSES
-from conveyor.model import Task, TaskStatus
+from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.store import postgres as pg
 from conveyor.store import postgres_batch as batch
+from conveyor.store import postgres_sql as sql
 from conveyor.store.base import Outcome
 
 # The active task holding a unique key (the partial index ``tasks_unique_active`` serves it).
-ACTIVE_UNIQUE_SQL = (f"SELECT {pg._COLS} FROM tasks WHERE (flow->>'unique_key') = %s"
+ACTIVE_UNIQUE_SQL = (f"SELECT {sql._COLS} FROM tasks WHERE (flow->>'unique_key') = %s"
                      f" AND status IN ({', '.join(repr(s) for s in ACTIVE_STATUSES)})")
 
 
@@ -54,7 +55,7 @@ class PostgresFlowTx:
         if not ids:
             return {}
         suffix = " ORDER BY id FOR UPDATE" if lock else ""
-        found = self._tasks(f"SELECT {pg._COLS} FROM tasks WHERE id = ANY(%s){suffix}", (sorted(set(ids)),))
+        found = self._tasks(f"SELECT {sql._COLS} FROM tasks WHERE id = ANY(%s){suffix}", (sorted(set(ids)),))
         return {t.id: t for t in found}
 
     def claim(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
@@ -70,7 +71,7 @@ class PostgresFlowTx:
         keep = batch.first_of_each_id([o.task_id for o in outcomes])
         if not keep:
             return []
-        rows = self._tasks(pg._OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep], node))
+        rows = self._tasks(pg._OUTCOMES_SQL, pg._batch_json(batch.outcomes_params([outcomes[k] for k in keep], node)))
         written = {t.id: t for t in rows}
         kept = set(keep)
         return [written.get(o.task_id) if i in kept else None for i, o in enumerate(outcomes)]
@@ -88,7 +89,7 @@ class PostgresFlowTx:
     def insert(self, tasks: Sequence[Task], *, detail: str | None, publish: bool) -> list[tuple[Task, bool]]:
         results: list[tuple[Task, bool]] = []
         for task in tasks:
-            created = self._tasks(pg._INSERT_SQL, [*pg._task_values(task), detail, publish])
+            created = self._tasks(sql._INSERT_SQL, [*pg._task_values(task), detail, publish])
             if created:
                 results.append((created[0], True))
                 continue
@@ -108,8 +109,12 @@ class PostgresFlowTx:
         return [r[0] for r in rows]
 
     def pinned_waiting(self, node: str, limit: int) -> list[Task]:
-        return self._tasks(f"SELECT {pg._COLS} FROM tasks WHERE (flow->>'node') = %s AND {_PINNED} LIMIT %s",
+        return self._tasks(f"SELECT {sql._COLS} FROM tasks WHERE (flow->>'node') = %s AND {_PINNED} LIMIT %s",
                            (node, limit))
+
+    def nodes(self) -> list[NodeInfo]:
+        rows = self._conn.execute(f"SELECT {sql._NODE_COLS} FROM nodes ORDER BY started_at, id").fetchall()
+        return [NodeInfo(r[0], r[1], r[2], tuple(r[3]), *r[4:]) for r in rows]
 
     def lock_buckets(self, buckets: Sequence[tuple[str, str, str]]) -> None:
         for kind, name, key in buckets:
@@ -123,7 +128,7 @@ def existing_task(conn: psycopg.Connection[Any], task: Task) -> Task | None:
     """See ``PostgresFlowTx.conflicting`` (also used by ``PostgresStore.create``)."""
     cursor = conn.cursor(row_factory=pg._task_rows)
     if task.idempotency_key is not None:
-        found = cursor.execute(f"SELECT {pg._COLS} FROM tasks WHERE idempotency_key = %s",
+        found = cursor.execute(f"SELECT {sql._COLS} FROM tasks WHERE idempotency_key = %s",
                                (task.idempotency_key,)).fetchone()
         if found is not None:
             return found
@@ -132,4 +137,4 @@ def existing_task(conn: psycopg.Connection[Any], task: Task) -> Task | None:
         found = cursor.execute(ACTIVE_UNIQUE_SQL, (unique,)).fetchone()
         if found is not None:
             return found
-    return cursor.execute(f"SELECT {pg._COLS} FROM tasks WHERE id = %s", (task.id,)).fetchone()
+    return cursor.execute(f"SELECT {sql._COLS} FROM tasks WHERE id = %s", (task.id,)).fetchone()

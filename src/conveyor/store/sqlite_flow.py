@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from conveyor.flow.options import ACTIVE_STATUSES
-from conveyor.model import Task, TaskStatus
+from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.store.base import Outcome
 
 if TYPE_CHECKING:
@@ -130,6 +130,13 @@ class SqliteFlowTx:
         rows = self._conn.execute(f"{_SELECT} WHERE {NODE_EXPR} = ? AND status IN ('{_PINNED}') LIMIT ?",
                                   (node, limit)).fetchall()
         return [_row_to_task(r) for r in rows]
+
+    def nodes(self) -> list[NodeInfo]:
+        from conveyor.store.sqlite import _row_to_node
+
+        rows = self._conn.execute("SELECT id, host, pid, queues, concurrency, started_at, last_heartbeat, status,"
+                                  " in_flight, done FROM nodes ORDER BY started_at, id").fetchall()
+        return [_row_to_node(r) for r in rows]
 
     def lock_buckets(self, buckets: Sequence[tuple[str, str, str]]) -> None:
         for kind, name, key in buckets:  # the transaction holds the file's write lock already

@@ -52,7 +52,7 @@ log = logging.getLogger("conveyor.worker.worker")
 TAKE_WAIT_S = 0.2
 GATHER_MAX_S = 0.002
 RETRY_PAUSE_S = 0.1
-RECORD_RETRY_MAX_S = 2.0
+RECORD_RETRY_MAX_S = 0.5  # a store back after an outage gets the outcomes before the leases lapse further
 LOCAL_HOLD_S = 1.0  # flow control: shorter waits for a rate limit are held on the node, not in the broker
 
 
@@ -163,7 +163,9 @@ class WorkerCore:
             started = time.monotonic()
             try:
                 written, claimed = await self.backend.cycle(finished, take, self.node, settings.lease_s)
-            except ConveyorError as exc:
+            except Exception as exc:  # a driver's own error too: the loop must live on
+                if not isinstance(exc, ConveyorError):
+                    log.exception("cycle failed unexpectedly; retrying", extra={"worker": self.node})
                 self._finished[:0] = batch  # kept: written by the next cycle
                 await self._cycle_failed(exc)
                 continue
@@ -205,7 +207,7 @@ class WorkerCore:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _cycle_failed(self, exc: ConveyorError) -> None:
+    async def _cycle_failed(self, exc: Exception) -> None:
         if self.unhealthy is None:
             log.warning("cannot write to the store: %s; retrying", exc, extra={"worker": self.node,
                                                                              "action": "unhealthy"})
@@ -441,6 +443,8 @@ class WorkerCore:
                     await step()
                 except ConveyorError as exc:  # a store/broker hiccup must not stop the keeper
                     log.warning("keeper: %s", exc, extra={"worker": self.node})
+                except Exception:
+                    log.exception("keeper step failed unexpectedly", extra={"worker": self.node})
 
     async def _renew(self) -> None:
         running = [f for f in self.flights.values() if not f.returned]

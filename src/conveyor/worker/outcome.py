@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor import message
-from conveyor.errors import Abort, Retry, SerializationError
+from conveyor.errors import Abort, HandlerError, Retry, SerializationError
 from conveyor.model import Task, TaskStatus
 from conveyor.retry import retry_delay_s, should_retry
 from conveyor.store.base import Outcome
 from conveyor.task import TaskOptions, TaskSpec
 from conveyor.worker.executor import error_info
-from conveyor.worker.process_pool import HandlerError
 
 
 def decide_outcome(task: Task, spec: TaskSpec | None, result: Any, exc: BaseException | None,

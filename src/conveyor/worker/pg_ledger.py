@@ -1,77 +1,30 @@
-"""The PostgreSQL side of the worker's hot path: one async connection on the worker's loop.
+"""The PostgreSQL side of the worker's hot path, on the worker's event loop (asyncpg).
 
 Each cycle is ONE statement (``postgres_batch.cycle_sql``): the outcomes that finished since the
 last cycle are written (fenced, with their events and the retries' outbox intents) and the
 deliveries that arrived are claimed, in one transaction, durable before the outcomes' deliveries
 are acked. It returns only keys (id, status, version, eta): the worker has the rest of each task
-from its message. Lease renewals (every ``lease_s / 3``) go on the same connection.
-
-A connection that fails is replaced on the next call; the error goes to the caller
-(``StoreError``), which retries.
+from its message. Lease renewals (every ``lease_s / 3``) share the pool. A failed statement
+raises ``StoreError`` and the caller retries; the pool replaces broken connections.
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
-import orjson
-import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.types.json import set_json_dumps, set_json_loads
-
-from conveyor.errors import ConveyorError, StoreError
-from conveyor.message import Message, dumps
-from conveyor.model import Task
+from conveyor.message import Message
+from conveyor.model import Task, TaskStatus
 from conveyor.store import postgres_batch as batch
-from conveyor.store.postgres import _EVENT_COLS, _STATUSES, describe
+from conveyor.store.postgres_async import AsyncPostgres
 from conveyor.worker.backend import Finished, started_task
 
-_CYCLE_SQL = batch.cycle_sql(_EVENT_COLS)
-
-
-class _Connection:
-    def __init__(self, url: str, options: str) -> None:
-        self._url = url
-        self._options = options
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    async def get(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            params = conninfo_to_dict(self._url)
-            params["options"] = f"{params.get('options') or ''} {self._options}".strip()
-            conn = await psycopg.AsyncConnection.connect(make_conninfo("", **params), autocommit=True,
-                                                         prepare_threshold=0)
-            set_json_dumps(dumps, conn)
-            set_json_loads(orjson.loads, conn)
-            self._conn = conn
-        return self._conn
-
-    async def rows(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        try:
-            conn = await self.get()
-            cursor = await conn.execute(sql, params)
-            return await cursor.fetchall()
-        except psycopg.Error as exc:
-            await self.drop()
-            raise StoreError(f"postgres store: {describe(exc)}") from exc
-        except ConveyorError:
-            raise
-
-    async def drop(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await self._conn.close()
-            self._conn = None
+_STATUSES = {s.value: s for s in TaskStatus}
 
 
 class PostgresLedger:
-    def __init__(self, url: str) -> None:
-        # Generic plans (planned once) that look every task up by primary key (``batch.BY_KEY``).
-        self._conn = _Connection(url, " ".join(["-c plan_cache_mode=force_generic_plan",
-                                                *(f"-c {s}=off" for s in batch.BY_KEY)]))
+    def __init__(self, db: AsyncPostgres) -> None:
+        self.db = db
 
     async def cycle(self, finished: Sequence[Finished], claims: Sequence[Message], node: str,
                     lease_s: float) -> tuple[list[Task | None], list[Task | None]]:
@@ -79,9 +32,8 @@ class PostgresLedger:
             return [], []
         keep_f = batch.first_of_each_id([f.outcome.task_id for f in finished])
         keep_c = batch.first_of_each_id([m.id for m in claims])
-        params = batch.cycle_params([finished[k].outcome for k in keep_f], [(claims[k].id, claims[k].attempt)
-                                                                            for k in keep_c], node, lease_s)
-        rows = await self._conn.rows(_CYCLE_SQL, params)
+        rows = await self.db.cycle([finished[k].outcome for k in keep_f],
+                                   [(claims[k].id, claims[k].attempt) for k in keep_c], node, lease_s)
         done = {row[1]: row for row in rows if row[0] == "f"}
         started = {row[1]: row for row in rows if row[0] == "c"}
         written: list[Task | None] = []
@@ -96,10 +48,7 @@ class PostgresLedger:
         return written, tasks
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
-        if not leases:
-            return set()
-        rows = await self._conn.rows(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s))
-        return {row[0] for row in rows}
+        return await self.db.renew(leases, node, lease_s)
 
     async def close(self) -> None:
-        await self._conn.drop()
+        await self.db.close()

@@ -21,20 +21,12 @@ from typing import Any
 
 import orjson
 
-from conveyor.errors import TaskError, TaskTimeout
+from conveyor.errors import HandlerError, TaskError, TaskTimeout
 
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.1  # how soon a cancel reaches a running handler process
 START_TIMEOUT_S = 60.0
-
-
-class HandlerError(TaskError):
-    """A handler raised in a child process; carries the child's error record."""
-
-    def __init__(self, info: dict[str, Any]) -> None:
-        super().__init__(info.get("message") or info.get("type") or "handler failed")
-        self.info = info
 
 
 class _Child:

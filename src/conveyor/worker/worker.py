@@ -8,6 +8,7 @@ that loop, or the embedded SQLite file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -23,12 +24,12 @@ from conveyor._loop_thread import EventLoopThread
 from conveyor.config import Settings
 from conveyor.flow.routing import node_queue
 from conveyor.model import now
-from conveyor.worker.backend import Backend, Intake, Ledger, PortLedger, SplitBackend
+from conveyor.worker.backend import Backend, Intake, PortLedger, SplitBackend
 from conveyor.worker.core import InFlight, WorkerCore
-from conveyor.worker.process_pool import ProcessPool
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor
+    from conveyor.worker.process_pool import ProcessPool
 
 __all__ = ["InFlight", "Worker", "open_backend"]
 
@@ -55,7 +56,7 @@ class Worker:
         self.settings = settings or app.settings
         self.started_at = now()
         self.done = 0
-        self.process_pool: ProcessPool | None = None
+        self.process_pool: ProcessPool | None = None  # --pool process
         self._pool_kind = pool
         self._app_ref = app_ref
         self._stop_requested = threading.Event()
@@ -84,6 +85,8 @@ class Worker:
     def start(self) -> None:
         """Connect, register the node and start taking work (on the worker's event loop)."""
         if self._pool_kind == "process" and self._app_ref:
+            from conveyor.worker.process_pool import ProcessPool  # multiprocessing only when asked for
+
             self.process_pool = ProcessPool(self._app_ref, self.concurrency)
         self._loop = EventLoopThread(name="conveyor-worker")
         try:
@@ -97,7 +100,7 @@ class Worker:
                  self.concurrency, self._pool_kind, extra={"worker": self.node_id})
 
     async def _start_core(self) -> WorkerCore:
-        core = WorkerCore(self, open_backend(self.app, self.settings))
+        core = WorkerCore(self, await open_backend(self.app, self.settings))
         await core.start()
         return core
 
@@ -137,26 +140,35 @@ class Worker:
         return list(core.flights.values()) if core is not None else []
 
 
-def open_backend(app: Conveyor, settings: Settings) -> Backend:
-    """The fastest backend for the app's broker and store (see ``worker/backend.py``). A broker
-    given by URL is not opened here: the worker speaks AMQP on its own loop."""
+async def open_backend(app: Conveyor, settings: Settings) -> Backend:
+    """The fastest backend for the app's broker and store (see ``worker/backend.py``), opened on
+    the running loop. A broker or a PostgreSQL store given by URL is not opened through the app:
+    the worker speaks AMQP and PostgreSQL on its own loop (and so never loads psycopg)."""
     from conveyor.embedded import together
     from conveyor.flow.hooks import FlowHooks
 
-    store = app.store
     flow = FlowHooks(app.registry, settings)  # flow control: a set lookup per task unless used
     broker_url, broker_obj = app.broker_source()
-    if broker_obj is None and broker_url.startswith("sqlite:") and store.__class__.__name__ == "SqliteStore":
-        broker_obj = app.broker
-    if broker_obj is not None:
-        fused = together(store, broker_obj)
+    store_url, store_obj = app.store_source()
+    if broker_url.startswith("sqlite:") or (broker_obj is not None and not hasattr(broker_obj, "amqp_url")):
+        store = store_obj or app.store
+        fused = together(store, broker_obj or app.broker)
         if fused is not None:
             from conveyor.worker.sqlite_backend import SqliteBackend
 
             return SqliteBackend(fused, lease_s=settings.lease_s, flow=flow)
     intake = _intake(app, broker_url, broker_obj)
-    ledger = _ledger(store)
-    return SplitBackend(intake, ledger, store, flow)
+    if store_url.startswith(("postgresql:", "postgres:")):
+        from conveyor.store.postgres_async import AsyncPostgres, LoopStore
+        from conveyor.worker.pg_ledger import PostgresLedger
+
+        db = AsyncPostgres(store_url)
+        await db.open()
+        await db.ensure_schema()
+        return SplitBackend(intake, PostgresLedger(db), LoopStore(db, asyncio.get_running_loop()),  # type: ignore[arg-type]
+                            flow)
+    store = store_obj or app.store
+    return SplitBackend(intake, PortLedger(store), store, flow)
 
 
 def _intake(app: Conveyor, broker_url: str, broker_obj: object | None) -> Intake:
@@ -168,18 +180,7 @@ def _intake(app: Conveyor, broker_url: str, broker_obj: object | None) -> Intake
         url, queue_type = resolve_url(broker_url, None)
         return AmqpIntake(url, "conveyor", queue_type, name="conveyor worker")
     broker = broker_obj if broker_obj is not None else app.broker
-    from conveyor.broker.rabbitmq import RabbitmqBroker
-
-    if isinstance(broker, RabbitmqBroker):
-        return AmqpIntake(broker.amqp_url, broker.namespace, broker.queue_type, name="conveyor worker")
+    amqp_url = getattr(broker, "amqp_url", None)
+    if amqp_url is not None:  # a RabbitmqBroker object: the same server, namespace and queue type
+        return AmqpIntake(amqp_url, broker.namespace, broker.queue_type, name="conveyor worker")  # type: ignore[attr-defined]
     return PortIntake(broker)  # type: ignore[arg-type]
-
-
-def _ledger(store: object) -> Ledger:
-    from conveyor.store.postgres import PostgresStore
-
-    if isinstance(store, PostgresStore):
-        from conveyor.worker.pg_ledger import PostgresLedger
-
-        return PostgresLedger(store.url)
-    return PortLedger(store)  # type: ignore[arg-type]

@@ -1,0 +1,7 @@
+<?php
+
+declare(strict_types=1);
+
+require __DIR__ . '/../src/autoload.php';
+
+const CONVEYOR_KIT = __DIR__ . '/../../../protocol/conformance';
