@@ -164,8 +164,11 @@ def loop_transaction(store: LoopStore, *, write: bool = True) -> Iterator[AsyncF
     def wait(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(_TIMEOUT_S)
 
+    async def acquire() -> asyncpg.Connection:
+        return await pool.acquire()
+
     try:
-        conn = wait(pool.acquire())
+        conn = wait(acquire())
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise StoreError(f"postgres store: no connection: {exc!r}") from exc
     transaction = conn.transaction() if write else None
