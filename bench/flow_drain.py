@@ -51,6 +51,16 @@ def env_for(src: Path, urls: dict[str, str], queue: str, records: Path) -> dict[
     return env
 
 
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (threads included), from /proc."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def which_conveyor(env: dict[str, str]) -> str:
     code = "import conveyor, os; print(os.path.dirname(conveyor.__file__))"
     return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
@@ -84,14 +94,20 @@ def drain_once(src: Path, args: argparse.Namespace, label: str) -> dict[str, flo
                     env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True))
             total = args.tasks + 1  # the client's warm-up task is recorded too
             deadline = time.monotonic() + args.timeout_s
-            while record.count(records) < total:
+            pids = [w.pid for w in workers]
+            cpu_first: float | None = None
+            while (done := record.count(records)) < total:
+                if cpu_first is None and done:
+                    cpu_first, done_first = cpu_s(pids), done
                 if time.monotonic() > deadline or all(w.poll() is not None for w in workers):
                     log = (Path(tmp) / "workers.log").read_text(errors="replace")[-3000:]
                     raise RuntimeError(f"{label}: {record.count(records)} of {total} tasks recorded; workers:\n{log}")
-                time.sleep(0.2)
+                time.sleep(0.05)
+            cpu_us = (cpu_s(pids) - (cpu_first or 0.0)) / max(1, total - (done_first if cpu_first else 0)) * 1e6
             starts = [start for start, _ in record.read(records)]
             span = starts[-1] - starts[0]
-            return {"variant": label, "rate_per_s": (len(starts) - 1) / span, "span_s": span}
+            return {"variant": label, "rate_per_s": (len(starts) - 1) / span, "span_s": span,
+                    "worker_cpu_us_per_task": cpu_us}
         finally:
             for proc in workers:
                 with contextlib.suppress(ProcessLookupError):
@@ -129,15 +145,16 @@ def main() -> None:
                       f"(load {load:.2f})", file=sys.stderr, flush=True)
     print(f"\nDrain, {args.deployment}, {args.workers} worker(s) x --concurrency {args.concurrency}, "
           f"N = {args.tasks:,}, base {revs['base']}, head {revs['head']}, interleaved\n")
-    print("| repeat | variant | rate (tasks/s) | span (s) | load (1 min) at start |")
-    print("|---|---|---|---|---|")
+    print("| repeat | variant | rate (tasks/s) | worker CPU per task (µs) | span (s) | load (1 min) at start |")
+    print("|---|---|---|---|---|---|")
     for run in runs:
-        print(f"| {run['repeat']} | {run['variant']} | {float(run['rate_per_s']):,.0f} | {float(run['span_s']):.2f} "
-              f"| {run['load1']} |")
-    medians = {label: statistics.median(float(r["rate_per_s"]) for r in runs if r["variant"] == label)
+        print(f"| {run['repeat']} | {run['variant']} | {float(run['rate_per_s']):,.0f} "
+              f"| {float(run['worker_cpu_us_per_task']):.0f} | {float(run['span_s']):.2f} | {run['load1']} |")
+    for metric, unit in (("rate_per_s", "/s"), ("worker_cpu_us_per_task", " µs")):
+        med = {label: statistics.median(float(r[metric]) for r in runs if r["variant"] == label)
                for label in ("base", "head")}
-    print(f"\nmedian: base {medians['base']:,.0f}/s, head {medians['head']:,.0f}/s, "
-          f"head / base = {medians['head'] / medians['base']:.3f}")
+        print(f"\nmedian {metric}: base {med['base']:,.0f}{unit}, head {med['head']:,.0f}{unit}, "
+              f"head / base = {med['head'] / med['base']:.3f}")
 
 
 if __name__ == "__main__":

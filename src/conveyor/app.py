@@ -216,6 +216,9 @@ class Conveyor:
         view = self.flow.submit_workflow(spec)
         return WorkflowHandle(self, uuid.UUID(view["id"]))
 
+    def handle_workflow(self, workflow_id: uuid.UUID | str) -> WorkflowHandle:
+        return WorkflowHandle(self, _uuid(workflow_id))
+
     def broadcast(self, type: str, params: dict[str, Any] | None = None, **options: Any) -> WorkflowHandle:
         """Run the task once on every live node of its queue (each copy a step, with its node)."""
         return WorkflowHandle(self, uuid.UUID(self.flow.broadcast(type, params, **options)["id"]))

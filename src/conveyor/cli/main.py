@@ -26,6 +26,8 @@ _LAZY = {
     "submit": "conveyor.cli.tasks", "tasks": "conveyor.cli.tasks", "task": "conveyor.cli.tasks",
     "nodes": "conveyor.cli.tasks", "scheduler": "conveyor.cli.scheduler", "schedule": "conveyor.cli.scheduler",
     "adopt": "conveyor.cli.adopt",
+    "workflow": "conveyor.cli.flow", "workflows": "conveyor.cli.flow", "broadcast": "conveyor.cli.flow",
+    "shard": "conveyor.cli.flow", "limits": "conveyor.cli.flow", "limit": "conveyor.cli.flow",
 }
 
 

@@ -29,12 +29,13 @@ def _app(ctx: CliContext):  # type: ignore[no-untyped-def]
 @click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS))
 @click.option("--timeout", type=float, help="Seconds per attempt.")
 @click.option("--idempotency-key")
+@click.option("--unique-key", help="No new task while one with this key waits or runs (docs/flow-control.md).")
 @click.option("--wait", is_flag=True, help="Wait for the task to finish and print its result.")
 @click.option("--wait-timeout", type=float, default=60.0, show_default=True)
 @click.pass_obj
 def submit(ctx: CliContext, task_type: str, params: str, queue: str | None, priority: int | None,
            delay: float | None, max_attempts: int | None, timeout: float | None,
-           idempotency_key: str | None, wait: bool, wait_timeout: float) -> None:
+           idempotency_key: str | None, unique_key: str | None, wait: bool, wait_timeout: float) -> None:
     """Submit a task of TYPE."""
     try:
         parsed = loads(params)
@@ -45,7 +46,8 @@ def submit(ctx: CliContext, task_type: str, params: str, queue: str | None, prio
     app = _app(ctx)
     try:
         handle = app.submit(task_type, parsed, queue=queue, priority=priority, delay=delay,
-                            max_attempts=max_attempts, timeout=timeout, idempotency_key=idempotency_key)
+                            max_attempts=max_attempts, timeout=timeout, idempotency_key=idempotency_key,
+                            unique_key=unique_key)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     if not wait:

@@ -41,6 +41,8 @@ class FlowService:
         if result is None:
             parents = {p for s in steps for p in s.after}
             leaves = [n for n in names if n not in parents]
+            if not leaves:
+                raise ValueError("the workflow's steps form a cycle")
             result = leaves if len(leaves) > 1 else leaves[0]
         result_list = isinstance(result, list)
         built = workflows.WorkflowSpec(name=str(spec.get("name") or "workflow")[:200], steps=tuple(steps),
