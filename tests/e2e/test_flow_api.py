@@ -25,7 +25,9 @@ with warnings.catch_warnings():  # starlette asks for httpx2, which is not a dep
 @pytest.fixture(params=["sqlite", "distributed"])
 def service(request: pytest.FixtureRequest) -> Iterator[TaskService]:
     store, broker = _open_backend(request, request.param)
-    yield TaskService(store, broker)
+    service = TaskService(store, broker)
+    yield service
+    service.close()  # publish what is pending before the broker goes
     if hasattr(broker, "delete_topology"):
         broker.delete_topology()
     broker.close()
