@@ -68,6 +68,7 @@ def nodes_table(nodes: Iterable[NodeInfo]) -> Table:
     for col in ("node", "status", "host", "pid", "queues", "concurrency", "in flight", "done", "last heartbeat"):
         table.add_column(col)
     for n in nodes:
-        table.add_row(n.id, styled(n.status), n.host, str(n.pid), ",".join(n.queues), str(n.concurrency),
+        queues = ",".join(q for q in n.queues if not q.startswith("_node."))  # its own queue: routing's
+        table.add_row(n.id, styled(n.status), n.host, str(n.pid), queues, str(n.concurrency),
                       str(n.in_flight), str(n.done), iso(n.last_heartbeat) or "")
     return table

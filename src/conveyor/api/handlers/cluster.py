@@ -38,7 +38,8 @@ def queue_rows(service: TaskService) -> list[dict[str, Any]]:
     for node in service.nodes():  # queues served but still empty are worth showing
         if node.status == "live":
             for name in node.queues:
-                stats.setdefault(name, {})
+                if not name.startswith("_node."):  # a node's own queue (routing) is no queue to show
+                    stats.setdefault(name, {})
     rows = []
     for name in sorted(stats):
         raw = stats[name]
