@@ -93,7 +93,7 @@ def started_task(msg: Message, node: str, version: int) -> Task:
 class Backend(Protocol):
     store: Store  # the synchronous store, for the rare paths (run in a thread)
     lease_based: bool  # deliveries are held by a renewable lease (else: acked early when long)
-    flow: FlowHooks | None  # flow control (limits, workflows); None when the app uses none
+    flow: FlowHooks | None  # flow control (docs/flow-control.md); open_backend always sets it
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None: ...
 
