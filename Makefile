@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services test-deps phpunit chaos model flow-long
+.PHONY: demo test lint bench clean services browser test-deps phpunit chaos model flow-long
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -23,6 +23,10 @@ lint: $(STAMP)
 services:
 	bash scripts/start-services.sh
 
+# Debian's Chromium and chromedriver for the dashboard's browser test (tests/e2e/test_dashboard_browser.py).
+browser:
+	bash scripts/install-debian-packages.sh --browser
+
 # What the tests need from Debian beyond Python: PHP (clients/php: php-cli, php-amqplib, phpunit,
 # php-laravel-framework), spin, faketime, iproute2 (see the script).
 test-deps:
@@ -34,7 +38,7 @@ phpunit: test-deps
 	cd clients/php && phpunit --colors=never
 
 # pytest exits 5 when it collected no test; make treats that as the failure it is.
-test: $(STAMP) lint services phpunit
+test: $(STAMP) lint services browser phpunit
 	$(BIN)/pytest tests
 
 # The chaos suite at the sizes of issue 11 (CI runs its short form inside `make test`); each
@@ -57,4 +61,4 @@ flow-long: $(STAMP) services
 		tests/integration/test_flow_distributed.py -k "30_s"
 
 clean:
-	rm -rf $(VENV) conveyor.db conveyor.db-wal conveyor.db-shm chaos-results.jsonl
+	rm -rf $(VENV) artifacts conveyor.db conveyor.db-wal conveyor.db-shm chaos-results.jsonl

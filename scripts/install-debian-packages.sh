@@ -9,6 +9,7 @@
 #               posix), php-amqplib, php-curl, php-mbstring, phpunit and php-laravel-framework.
 #               Debian installs the libraries under /usr/share/php with their own autoload.php
 #               files (PhpAmqpLib/autoload.php, Illuminate/autoload.php), found on PHP's include_path.
+#   --browser   also Chromium and its driver, for the dashboard's browser test (make test)
 set -euo pipefail
 need=()
 command -v python3 >/dev/null || need+=(python3)
@@ -16,6 +17,10 @@ python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 command -v make >/dev/null || need+=(make)
 for arg in "$@"; do
     case "$arg" in
+        --browser)
+            command -v chromium >/dev/null || need+=(chromium)
+            command -v chromedriver >/dev/null || need+=(chromium-driver)
+            ;;
         --test)
             command -v spin >/dev/null || need+=(spin)
             command -v gcc >/dev/null || need+=(gcc)

@@ -91,6 +91,8 @@ class Conveyor:
 
     def _open_store(self) -> Store:
         arg = self._store_arg
+        if arg is None and self._broker_arg is None:  # both from the settings: they must work together
+            config.check_deployment(self.settings)
         return open_store(arg or self.settings.store_url) if arg is None or isinstance(arg, str) else arg
 
     def _open_broker(self) -> Broker:

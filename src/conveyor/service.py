@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor import message, validation
+from conveyor import message, tracing, validation
 from conveyor.broker.base import Broker
 from conveyor.embedded import together
 from conveyor.errors import ConcurrentUpdate, InvalidTransition, SerializationError
@@ -180,6 +180,13 @@ class TaskService:
 
     def submit_tasks(self, tasks: Sequence[Task]) -> list[tuple[Task, bool]]:
         """``submit_many`` for tasks already built by ``build_task``."""
+        kinds = {t.type for t in tasks}
+        with tracing.submit_span(kinds.pop() if len(kinds) == 1 else "batch", tasks[0].queue if tasks else "",
+                                 count=len(tasks)):
+            tracing.remember(t.id for t in tasks)  # their messages are built on the publisher's thread
+            return self._submit_tasks(tasks)
+
+    def _submit_tasks(self, tasks: Sequence[Task]) -> list[tuple[Task, bool]]:
         if any(t.flow is not None for t in tasks):  # key routing: pin each to its node (flow/routing.py)
             tasks = pin_keyed(self.store, tasks, self.heartbeat_s)
         if self._together is not None:

@@ -85,6 +85,7 @@ def test_tasks_and_task_show_what_ran_with_its_timeline(demo_worker: Workers) ->
 
 def test_task_with_an_unknown_id_exits_non_zero(workers: Workers) -> None:
     missing = str(uuid.uuid4())
+    workers.store()  # the database exists; the task does not
 
     result = conveyor(workers, "task", missing)
 

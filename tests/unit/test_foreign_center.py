@@ -143,6 +143,7 @@ def test_claims_round_trip_through_the_report_codec() -> None:
 def test_a_returned_attempt_goes_back_to_the_queue_and_does_not_count(service: TaskService) -> None:
     task, _ = service.submit(SubmitRequest(type="t", params={}, queue="foreign"))
     assert claim(service, ClaimRequest(id=task.id, attempt=1, node="php-a"), TERMS).decision == "run"
+    assert service.publisher.flush(5.0)  # messages go out in the background (the outbox)
     published = len(service.broker.published)  # type: ignore[attr-defined]
     stranger = reports.TaskReport(id=task.id, attempt=1, node="php-b", status=TaskStatus.QUEUED, at=now())
     assert reports.answer(service, stranger, TERMS).to_dict()["stop"] is True
@@ -153,6 +154,7 @@ def test_a_returned_attempt_goes_back_to_the_queue_and_does_not_count(service: T
     assert verdict.answer is not None and verdict.answer["applied"] is True
     back = service.get(task.id)
     assert (back.status, back.attempts, back.lease_until) == (TaskStatus.QUEUED, 0, None)
+    assert service.publisher.flush(5.0)
     assert len(service.broker.published) == published + 1  # type: ignore[attr-defined]
     again = claim(service, ClaimRequest(id=task.id, attempt=1, node="php-b"), TERMS)
     assert (again.decision, again.attempt) == ("run", 1)

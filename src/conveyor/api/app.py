@@ -10,15 +10,19 @@
   and closes them on shutdown; task types then get the generic defaults unless a request says.
 - ``max_body_bytes``: request body limit (default 1 MiB; a ``settings.api_max_body_bytes``
   attribute is honoured if Settings gains one).
+- ``body_timeout_s``: a request body not all received within this is answered 408.
 
 Serve it with uvicorn: ``uvicorn.run(create_app(settings), host="127.0.0.1", port=8080)``, or
 ``uvicorn --factory conveyor.api.app:create_app``. Test clients must enter the lifespan
 (``with TestClient(app):``) unless a ``service`` is passed.
 
-Every request passes, outermost first: the guard (metrics, logged 500s), bearer auth
-(``conveyor.api.auth``), the body limit, then FastAPI's routing and the handlers. Errors come
-back as ``{"error": {"type", "message", "fields"}}`` with the status from
-``conveyor.api.schemas.ERROR_STATUS``.
+Every request passes, outermost first: the guard (metrics, logged 500s), auth (bearer token or
+the dashboard's session cookie, ``conveyor.api.auth``), the body limit and deadline, then
+FastAPI's routing and the handlers. Errors come back as
+``{"error": {"type", "message", "fields"}}`` with the status from
+``conveyor.api.schemas.ERROR_STATUS``. The dashboard (``conveyor.dashboard``) is served at
+``/``, its sign-in page at ``/login`` and the API's Swagger UI at ``/docs``, all from files
+shipped in the package.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import __version__, config
-from conveyor.api.auth import BearerAuthMiddleware
+from conveyor.api.auth import AuthMiddleware
+from conveyor.api.handlers import operations_of
 from conveyor.api.handlers.ops import ApiMetrics
-from conveyor.api.middleware import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, GuardMiddleware
+from conveyor.api.middleware import BODY_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware, GuardMiddleware
 from conveyor.api.routes import build_router, optional_closers
 from conveyor.api.schemas import ERROR_STATUS, ApiInputError, JsonResponse, error_kind, error_response
 from conveyor.broker import open_broker
@@ -53,23 +58,33 @@ but `/healthz` and `/readyz`. Errors are `{"error": {"type", "message", "fields"
 
 
 def create_app(settings: Settings | None = None, service: TaskService | None = None, *,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """Build the API app (see the module docstring for the arguments)."""
     settings = settings or config.load()
     limit = max_body_bytes or getattr(settings, "api_max_body_bytes", None) or DEFAULT_MAX_BODY_BYTES
     app = FastAPI(title="Conveyor", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
-                  default_response_class=JsonResponse)
+                  default_response_class=JsonResponse, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.service = service
     app.state.owns_service = service is None
-    app.state.metrics = metrics = ApiMetrics(lambda: app.state.service, settings.heartbeat_s)
+    app.state.metrics = metrics = ApiMetrics(lambda: operations_of(app), settings.heartbeat_s)
     _install_error_handlers(app)
     app.include_router(build_router())
+    _mount_dashboard(app)
     # add_middleware wraps: the last added runs first.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limit)
-    app.add_middleware(BearerAuthMiddleware, token=settings.api_token)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limit, timeout_s=body_timeout_s)
+    app.add_middleware(AuthMiddleware, token=settings.api_token)
     app.add_middleware(GuardMiddleware, metrics=metrics)
     return app
+
+
+def _mount_dashboard(app: FastAPI) -> None:
+    try:
+        from conveyor.dashboard import mount
+    except ImportError as exc:  # jinja2 missing: the API still works
+        log.warning("dashboard unavailable: %s", exc)
+        return
+    mount(app)
 
 
 @asynccontextmanager
@@ -83,6 +98,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         for close in optional_closers():  # e.g. the schedules router's own store
             await run_in_threadpool(close, app)
+        ops = getattr(app.state, "operations", None)
+        if ops is not None:
+            app.state.operations = None
+            await run_in_threadpool(ops.close)
         if opened is not None:
             app.state.service = None
             await run_in_threadpool(close_service, opened)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
+import anyio
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,16 +16,19 @@ from conveyor.api.schemas import error_response
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+BODY_TIMEOUT_S = 30.0  # a request's whole body must arrive within this (slow or half-sent bodies)
 
 
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes``: refused up front by its Content-Length, and counted as
-    it streams in (a chunked body has no length). The body is read here, at most ``max_bytes``
-    of it, and replayed to the app."""
+    it streams in (a chunked body has no length); 408 for a body not all received within
+    ``timeout_s``. The body is read here, at most ``max_bytes`` of it, and replayed to the app."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 timeout_s: float = BODY_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,17 +39,23 @@ class BodyLimitMiddleware:
             await self._refuse(scope, receive, send)
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: let the app see it
-                await self.app(scope, _replay({"type": "http.disconnect"}, receive), send)
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.timeout_s) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away: let the app see it
+                    await self.app(scope, _replay({"type": "http.disconnect"}, receive), send)
+                    return
+                body += message.get("body", b"")
+                if len(body) > self.max_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            log.info("%s %s: body not received within %.0f s", scope["method"], scope["path"], self.timeout_s)
+            await error_response(408, "timeout", f"request body not received within {self.timeout_s:g} s",
+                                 headers={"Connection": "close"})(scope, receive, send)
+            return
         await self.app(scope, _replay({"type": "http.request", "body": bytes(body)}, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:

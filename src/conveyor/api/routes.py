@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from conveyor.api.auth import bearer_scheme
-from conveyor.api.handlers import cluster, flow, foreign, ops, tasks
+from conveyor.api.handlers import cluster, console, flow, foreign, ops, tasks
 from conveyor.api.schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ def build_router() -> APIRouter:
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(bearer_scheme)], responses=ERROR_RESPONSES)
     api.include_router(tasks.router)
     api.include_router(cluster.router)
+    api.include_router(console.router)
     api.include_router(foreign.router)
     api.include_router(flow.router)
     root = APIRouter()

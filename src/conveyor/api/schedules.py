@@ -1,4 +1,4 @@
-"""Schedule endpoints: list, create, show, change (PATCH) and delete periodic schedules.
+"""Schedule endpoints: list, create, show, change (PATCH), delete and run now.
 
 The schedule store is opened from the app's settings on first use and kept on
 ``app.state.schedule_store`` (``close_schedule_store`` closes it). Errors use the API's one
@@ -14,9 +14,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from conveyor.api.handlers import get_settings
+from conveyor.api.handlers import OpsDep, get_settings
 from conveyor.api.schemas import ApiInputError, ErrorOut, JsonResponse, QueueName, TaskType, error_response
 from conveyor.config import Settings
+from conveyor.scheduler.manual import run_now
 from conveyor.scheduler.schedule_store import (
     DuplicateSchedule,
     ScheduleChanged,
@@ -170,3 +171,13 @@ def delete_schedule(name: str, store: StoreDep) -> Response:
     except ScheduleNotFound:
         return _not_found(name)
     return Response(status_code=204)
+
+
+@router.post("/{name}/run", status_code=201, responses=NOT_FOUND)
+def run_schedule_now(name: str, store: StoreDep, ops: OpsDep) -> JsonResponse:
+    """Submit one task of the schedule now (its own fire times are left as they are)."""
+    try:
+        schedule = store.get(name)
+    except ScheduleNotFound:
+        return _not_found(name)
+    return JsonResponse(run_now(ops.service, schedule).to_dict(), status_code=201)

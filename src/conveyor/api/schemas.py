@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from conveyor import message
+from conveyor.config import mask_secrets
 from conveyor.errors import (
     BrokerError,
     ConcurrentUpdate,
@@ -102,7 +103,7 @@ class JsonResponse(JSONResponse):
 
 def error_response(status: int, type_: str, text: str, fields: list[str] | None = None,
                    headers: dict[str, str] | None = None) -> JsonResponse:
-    text = text.encode("utf-8", "replace").decode("utf-8")  # it may quote a mangled path
+    text = mask_secrets(text.encode("utf-8", "replace").decode("utf-8"))  # it may quote a mangled path, or a URL
     body = {"error": {"type": type_, "message": text, "fields": fields or []}}
     return JsonResponse(body, status_code=status, headers=headers)
 
@@ -286,7 +287,11 @@ class NodesOut(BaseModel):
 class QueueOut(BaseModel):
     name: str
     depth: int = Field(description="queued + scheduled + retrying")
+    queued: int
     in_flight: int = Field(description="running")
+    oldest_waiting_s: float | None = Field(description="age of the oldest queued task, seconds")
+    consumers: int = Field(description="live nodes serving the queue")
+    slots: int = Field(description="their concurrency, summed")
     succeeded: int
     failed: int
     cancelled: int

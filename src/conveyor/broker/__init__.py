@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from conveyor.broker.base import Broker, Consumer, Delivery
-from conveyor.errors import ConfigError
+from conveyor.config import mask_url
+from conveyor.errors import BrokerConnectionError, ConfigError
 
 __all__ = ["Broker", "Consumer", "Delivery", "open_broker"]
 
@@ -17,6 +18,10 @@ def open_broker(url: str, *, lease_s: float = 30.0) -> Broker:
         return SqliteBroker(url, lease_s=lease_s)
     if url.startswith(("amqp:", "amqps:")):
         from conveyor.broker.rabbitmq import RabbitmqBroker
+        from conveyor.preflight import explain_amqp
 
-        return RabbitmqBroker(url)
-    raise ConfigError(f"unsupported broker URL {url!r}: use sqlite:///PATH or amqp://...")
+        try:
+            return RabbitmqBroker(url)
+        except BrokerConnectionError as exc:
+            raise explain_amqp(url, exc) from exc
+    raise ConfigError(f"unsupported broker URL {mask_url(url)!r}: use sqlite:///PATH or amqp://...")

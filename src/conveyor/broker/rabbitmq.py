@@ -39,6 +39,8 @@ facade: it runs an ``AmqpLink`` on its own event loop (``worker/intake.py``).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import queue as queue_module
@@ -103,6 +105,7 @@ class RabbitmqBroker:
     # Deliveries are held by the channel under RabbitMQ's consumer_timeout, not by a lease
     # we could renew: long tasks get their delivery acked early (see Broker.lease_based).
     lease_based = False
+    declares_on_publish = True  # a publish declares its queue (once per broker) on its own
 
     def __init__(self, url: str, *, namespace: str = "conveyor", queue_type: str | None = None) -> None:
         amqp_url, resolved_type = resolve_url(url, queue_type)
@@ -154,6 +157,24 @@ class RabbitmqBroker:
         out = outgoing(items)
         if out:
             self._publishes.call(out)
+
+    def publish_later(self, items: Iterable[PublishItem]) -> concurrent.futures.Future[None]:
+        """Hand the items to the loop and return at once; the future completes when RabbitMQ
+        confirmed every one (or fails with BrokerError / BrokerConnectionError)."""
+        out = outgoing(items)
+        if self._closed:
+            raise BrokerError("publish: the broker is closed")
+        return asyncio.run_coroutine_threadsafe(self._publish_wrapped(out), self._thread.loop)
+
+    async def _publish_wrapped(self, out: list[Outgoing]) -> None:
+        try:
+            await self.link.publish_all(out, _amqp_loop.OUTAGE_S)
+        except ConveyorError:
+            raise
+        except CONNECTION_ERRORS as exc:
+            raise BrokerConnectionError(f"publish: RabbitMQ at {self.link.safe_url}: {exc!r}") from exc
+        except DRIVER_ERRORS as exc:
+            raise BrokerError(f"publish: {exc!r}") from exc
 
     def consume(self, queues: Sequence[str], *, prefetch: int) -> _RabbitmqConsumer:
         consumer = _RabbitmqConsumer(self, list(queues), prefetch)

@@ -7,6 +7,7 @@ its leader lease over on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -16,12 +17,14 @@ from typing import Any
 import click
 from rich.table import Table
 
+from conveyor.api.server import HttpServer, check_bind
 from conveyor.cli import render
-from conveyor.cli.main import CliContext, cli
-from conveyor.config import Settings
-from conveyor.errors import ConfigError, SerializationError
+from conveyor.cli.main import CliContext, cli, json_option
+from conveyor.config import Settings, check_deployment
+from conveyor.errors import SerializationError
 from conveyor.message import loads
 from conveyor.model import iso
+from conveyor.operations import Operations
 from conveyor.reports import open_report_consumer
 from conveyor.scheduler.schedule_store import ScheduleStore, open_schedule_store
 from conveyor.scheduler.schedules import Schedule
@@ -45,19 +48,29 @@ log = logging.getLogger(__name__)
               show_envvar=True, help="Fires later than this are misfires [default: 2 * lease + 1].")
 @click.option("--id", "holder", envvar="CONVEYOR_SCHEDULER_ID", show_envvar=True,
               help="Replica id in the lease row; unique per replica (default host-pid-rand).")
+@click.option("--insecure-no-auth", is_flag=True,
+              help="Serve the HTTP API on a non-loopback address without CONVEYOR_API_TOKEN (a proxy in front "
+                   "must authenticate).")
 @click.pass_obj
 def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, lease_s: float, renew_s: float,
-              grace_s: float | None, holder: str | None) -> None:
-    """Run the scheduling center: periodic schedules, node watch and (by default) the HTTP API.
+              grace_s: float | None, holder: str | None, insecure_no_auth: bool) -> None:
+    """Run the scheduling center: periodic schedules, node watch, statistics and retention, and
+    (by default) the HTTP API and dashboard.
 
     Run several for high availability: one holds the lease and fires, the others stand by."""
     if renew_s >= lease_s:
         raise click.BadParameter("must be shorter than --lease", param_hint="--renew")
     settings = ctx.settings
+    check_deployment(settings)
+    host, port = _parse_bind(bind)
+    if not no_http:
+        check_bind(host, settings.api_token, insecure_no_auth)
     tasks, closers, specs = _task_service(settings, app_ref)
     schedules = open_schedule_store(settings.store_url)
+    operations = Operations(tasks, settings)
+    closers.insert(0, operations.close)
     service = SchedulerService(schedules, tasks, settings, holder=holder, lease_s=lease_s, renew_s=renew_s,
-                               misfire_grace_s=grace_s)
+                               misfire_grace_s=grace_s, maintenance=operations.maintain)
     if specs:
         declared = service.declare(specs)
         log.info("declared %d schedule(s) from %s", len(declared), app_ref)
@@ -69,7 +82,7 @@ def scheduler(ctx: CliContext, bind: str, no_http: bool, app_ref: str | None, le
     reports = open_report_consumer(tasks, settings)
     reports.start()
     try:
-        server = None if no_http else _start_http(settings, bind, tasks)
+        server = None if no_http else _start_http(settings, host, port, tasks)
         service.run(stop)
     finally:
         reports.stop()
@@ -104,45 +117,25 @@ def _on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-class _HttpServer:
-    """uvicorn in a thread (it then leaves signal handling to us)."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.thread = threading.Thread(target=server.run, name="conveyor-http", daemon=True)
-
-    def start(self, timeout_s: float = 15.0) -> None:
-        self.thread.start()
-        for _ in range(int(timeout_s / 0.05)):
-            if self.server.started:
-                return
-            if not self.thread.is_alive():
-                raise ConfigError("the HTTP API did not start (is the address in use?)")
-            self.thread.join(0.05)
-        raise ConfigError("the HTTP API did not start in time")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def _start_http(settings: Settings, bind: str, tasks: TaskService) -> _HttpServer | None:
+def _parse_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit():
         raise click.BadParameter("use HOST:PORT", param_hint="--http")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _start_http(settings: Settings, host: str, port: int, tasks: TaskService) -> HttpServer | None:
     try:
         from conveyor.api.app import create_app
     except ImportError as exc:
         log.warning("HTTP API unavailable (%s); running the scheduling loop only", exc)
         return None
-    import uvicorn
-
     # The API shares the loop's TaskService (thread-safe): one set of connections, the app's task defaults.
-    config = uvicorn.Config(create_app(settings=settings, service=tasks), host=host.strip("[]") or "127.0.0.1",
-                            port=int(port), log_config=None, access_log=False)
-    server = _HttpServer(uvicorn.Server(config))
+    server = HttpServer(create_app(settings=settings, service=tasks), host, port)
     server.start()
-    log.info("HTTP API on http://%s", bind)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("HTTP API and dashboard on http://%s:%d/%s", shown, port,
+             "" if settings.api_token else " (no CONVEYOR_API_TOKEN: open to anyone who can reach it)")
     return server
 
 
@@ -152,8 +145,11 @@ def schedule() -> None:
     """Manage periodic schedules (stored beside the tasks; the scheduler fires them)."""
 
 
-def _store(ctx: CliContext) -> ScheduleStore:
-    return open_schedule_store(ctx.settings.store_url)
+def _store(ctx: CliContext, *, existing: bool = False) -> ScheduleStore:
+    from conveyor import _sqlite
+
+    with _sqlite.existing_only() if existing else contextlib.nullcontext():
+        return open_schedule_store(ctx.settings.store_url)
 
 
 @schedule.command("add")
@@ -168,6 +164,7 @@ def _store(ctx: CliContext) -> ScheduleStore:
 @click.option("--queue", help="Queue (default: the type's).")
 @click.option("--priority", type=click.IntRange(0, 9), help="0-9, higher first.")
 @click.option("--disabled", is_flag=True, help="Create it paused.")
+@json_option
 @click.pass_obj
 def schedule_add(ctx: CliContext, name: str, task_type: str, params: str, cron: str | None, timezone: str,
                  interval_s: float | None, misfire: str, queue: str | None, priority: int | None,
@@ -190,10 +187,11 @@ def schedule_add(ctx: CliContext, name: str, task_type: str, params: str, cron: 
 
 
 @schedule.command("list")
+@json_option
 @click.pass_obj
 def schedule_list(ctx: CliContext) -> None:
     """List the schedules."""
-    store = _store(ctx)
+    store = _store(ctx, existing=True)
     try:
         _show(ctx, store.all())
     finally:
@@ -202,6 +200,7 @@ def schedule_list(ctx: CliContext) -> None:
 
 @schedule.command("rm")
 @click.argument("name")
+@json_option
 @click.pass_obj
 def schedule_rm(ctx: CliContext, name: str) -> None:
     """Delete schedule NAME (tasks it already submitted stay)."""
@@ -216,8 +215,28 @@ def schedule_rm(ctx: CliContext, name: str) -> None:
         render.console.print(f"deleted {name}")
 
 
+@schedule.command("run")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def schedule_run(ctx: CliContext, name: str) -> None:
+    """Submit one task of schedule NAME now (its fire times are left as they are)."""
+    from conveyor.app import Conveyor
+    from conveyor.scheduler.manual import run_now
+
+    store = _store(ctx)
+    app = Conveyor(settings=ctx.settings)
+    try:
+        task = run_now(app.service, store.get(name))
+    finally:
+        store.close()
+        app.close()
+    render.emit_json(task.to_dict()) if ctx.json else render.say(f"{name}: submitted task {task.id}")
+
+
 @schedule.command("enable")
 @click.argument("name")
+@json_option
 @click.pass_obj
 def schedule_enable(ctx: CliContext, name: str) -> None:
     """Resume schedule NAME (from its next fire time; missed ones are not run)."""
@@ -226,6 +245,7 @@ def schedule_enable(ctx: CliContext, name: str) -> None:
 
 @schedule.command("disable")
 @click.argument("name")
+@json_option
 @click.pass_obj
 def schedule_disable(ctx: CliContext, name: str) -> None:
     """Pause schedule NAME."""
@@ -252,4 +272,4 @@ def _show(ctx: CliContext, schedules: list[Schedule], *, one: bool = False) -> N
         when = f"{s.cron} ({s.timezone})" if s.cron else f"every {s.interval_s:g} s"
         table.add_row(s.name, s.type, when, s.misfire, "yes" if s.enabled else "[dim]no[/]",
                       iso(s.next_fire_at) or "", iso(s.last_fired_at) or "")
-    render.console.print(table)
+    render.show(table)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 
 import click
 
+from conveyor import log as conveyor_log
 from conveyor.cli.main import CliContext, cli
+from conveyor.config import check_deployment, mask_url
 from conveyor.loader import load_app
 from conveyor.worker import Worker
+
+log = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 
@@ -44,8 +49,15 @@ def worker(ctx: CliContext, app_ref: str, queues: str, concurrency: int, pool: s
     _one_malloc_arena()
     app = load_app(app_ref)
     settings = ctx.settings.with_overrides(grace_s=grace_s)
+    check_deployment(settings)
     app.use_settings(settings)
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    Worker(app, queues=names, concurrency=concurrency, pool=pool, app_ref=app_ref,
-           settings=settings, node_id=node_id).run()
+    node = Worker(app, queues=names, concurrency=concurrency, pool=pool, app_ref=app_ref,
+                  settings=settings, node_id=node_id)
+    conveyor_log.bind_process(node=node.node_id)
+    types = app.registry.names()
+    log.info("worker %s: broker %s, store %s, queues %s, concurrency %d (%s pool); task types: %s",
+             node.node_id, mask_url(settings.broker_url), mask_url(settings.store_url), ",".join(names),
+             concurrency, pool, ", ".join(types) or "none registered")
+    node.run()
     app.close()

@@ -27,6 +27,13 @@ same keys again, which the store deduplicates: ``tick`` is idempotent per fire t
 late by less than ``misfire_grace_s`` (default ``2 * lease_s + 1``) are all submitted, so a
 leader handover loses no tick; older ones are misfires, handled by each schedule's policy
 (``skip`` drops them, ``run_once`` submits one catch-up run).
+
+Maintenance
+-----------
+The leader also runs ``maintenance`` (``Operations.maintain``) every ``maintain_s``: it folds
+new task events into the statistics and deletes, a few short batches at a time, the tasks
+finished longer ago than ``CONVEYOR_RETENTION`` and the nodes silent longer than
+``CONVEYOR_NODE_RETENTION``.
 """
 
 from __future__ import annotations
@@ -71,7 +78,8 @@ class SchedulerService:
     def __init__(self, schedules: ScheduleStore, tasks: TaskService, settings: Settings, *,
                  holder: str | None = None, lease_s: float = 3.0, renew_s: float = 1.0,
                  tick_s: float = 0.2, misfire_grace_s: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, maintenance: Callable[[], object] | None = None,
+                 maintain_s: float = 1.0) -> None:
         if not 0 < renew_s < lease_s:
             raise ValueError("renew_s must be positive and shorter than lease_s")
         self.schedules = schedules
@@ -87,6 +95,9 @@ class SchedulerService:
         self._valid_until = 0.0  # monotonic end of our lease, as far as we know
         self._next_renew = 0.0
         self._next_watch = 0.0
+        self.maintenance = maintenance
+        self.maintain_s = maintain_s
+        self._next_maintain = 0.0
 
     # -- firing -------------------------------------------------------------------------
     def tick(self, at: float) -> list[Fired]:
@@ -181,6 +192,9 @@ class SchedulerService:
             if mono >= self._next_watch:
                 self._next_watch = mono + self.lease_s
                 self._watch()
+            if self.maintenance is not None and mono >= self._next_maintain:
+                self._next_maintain = mono + self.maintain_s
+                self.maintenance()
         return max(0.0, min(self.tick_s, self._next_renew - time.monotonic()))
 
     def _watch(self) -> None:

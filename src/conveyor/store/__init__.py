@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conveyor.config import mask_url
 from conveyor.errors import ConfigError
 from conveyor.store.base import Store
 
@@ -14,7 +15,9 @@ def open_store(url: str) -> Store:
 
         return SqliteStore(url)
     if url.startswith(("postgresql:", "postgres:")):
+        from conveyor.preflight import check_postgres
         from conveyor.store.postgres import PostgresStore
 
+        check_postgres(url)  # the server's own reason now, not a pool timeout in 10 s
         return PostgresStore(url)
-    raise ConfigError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")
+    raise ConfigError(f"unsupported store URL {mask_url(url)!r}: use sqlite:///PATH or postgresql://...")

@@ -11,11 +11,13 @@ and is created unqualified: a ``search_path`` given in the URL
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 import psycopg
@@ -47,6 +49,8 @@ from conveyor.store.postgres_sql import (
 
 __all__ = ["PostgresStore", "UpdateItem"]
 
+log = logging.getLogger(__name__)
+
 # (statement, parameters) of one task write, as group-committed by ``_write_batch``.
 _Write = tuple[str, Any]
 # (task as last read, to_status, node, detail, changes): one entry of ``update_many``.
@@ -58,8 +62,12 @@ _CLOCK_SQL = f"SELECT {batch.CLOCK}"
 _CLOCK_REFRESH_S = 60.0
 
 
-def _task_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Task]:
-    return _make_task
+def _task_rows(cursor: psycopg.Cursor[Any]) -> RowMaker[Any]:
+    """Rows of whole tasks as ``Task``; a statement returning fewer columns (an insert returns
+    only the id) gets plain tuples."""
+    if cursor.description is not None and len(cursor.description) == len(_FIELDS):
+        return _make_task
+    return tuple
 
 
 def _jsonb(value: Any) -> Jsonb | None:
@@ -116,6 +124,28 @@ def _driver_errors(action: str) -> Iterator[None]:
         raise StoreError(f"postgres store: {action} failed: {describe(exc)}") from exc
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _once_more_if_the_connection_died(method: F) -> F:
+    """A pooled connection the server closed while it sat idle (a restart, a terminated
+    backend) fails its next operation; the pool drops it, and the operation is tried once more
+    on another. (Checking every connection before handing it out would cost a round trip per
+    operation.) Every method so wrapped is safe to repeat: reads, inserts that skip a conflict,
+    compare-and-set writes."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, psycopg.OperationalError):
+                raise
+            log.info("postgres store: %s; trying once more on a fresh connection", exc)
+            return method(self, *args, **kwargs)
+
+    return cast(F, wrapper)
+
+
 def describe(exc: psycopg.Error) -> str:
     """The server's message without its DETAIL/CONTEXT lines, which can quote row values (task
     params) that have no place in a log; the SQLSTATE says which kind of error it was."""
@@ -138,9 +168,6 @@ class PostgresStore:
             max_size=max_connections,
             kwargs={"autocommit": True},
             configure=_configure,
-            # A connection the server closed while it sat idle (a restart, a terminated backend)
-            # is replaced before it is handed out, instead of failing one caller's operation.
-            check=ConnectionPool.check_connection,
             timeout=connect_timeout_s,
             name="conveyor-store",
             open=True,
@@ -182,7 +209,9 @@ class PostgresStore:
         try:
             return conn.cursor(row_factory=_task_rows).execute(*write).fetchone()
         except psycopg.Error as exc:
-            return StoreError(f"postgres store: write failed: {exc}")
+            error = StoreError(f"postgres store: write failed: {describe(exc)}")
+            error.__cause__ = exc  # a dead connection's writes are tried again (see the decorator)
+            return error
         except ConveyorError as exc:  # e.g. SerializationError from the JSON dumper
             return exc
 
@@ -204,13 +233,15 @@ class PostgresStore:
                 pass  # keep the last offset: a clock read must not fail a caller
         return local + self._clock_offset
 
+    @_once_more_if_the_connection_died
     def create(self, task: Task, *, detail: str | None = None, publish: bool = True) -> tuple[Task, bool]:
         params = [*_task_values(task), detail, publish]
         with _driver_errors("create"):
-            created = self._writes.call((_INSERT_SQL, params))
+            inserted = self._writes.call((_INSERT_SQL, params))
         # Only a conflict (idempotency key, or an id already adopted) inserts nothing without raising.
-        return (created, True) if created is not None else self._conflict(task, detail, publish)
+        return (task, True) if inserted is not None else self._created(task, detail, publish)
 
+    @_once_more_if_the_connection_died
     def create_many(self, tasks: Sequence[Task], *, detail: str | None = None,
                     publish: bool = True) -> list[tuple[Task, bool]]:
         """One transaction, one pipelined round trip (plus one per idempotency-key conflict)."""
@@ -220,26 +251,29 @@ class PostgresStore:
         for task, row in zip(tasks, written, strict=True):
             if isinstance(row, BaseException):
                 raise row
-            results.append((row, True) if row is not None else self._conflict(task, detail, publish))
+            results.append((task, True) if row is not None else self._created(task, detail, publish))
         return results
-
-    def _conflict(self, task: Task, detail: str | None, publish: bool) -> tuple[Task, bool]:
-        """The insert of ``task`` did nothing: the task holding its key (or id)."""
-        if task.flow is None:
-            return self._existing(task), False
-        from conveyor.store.postgres_flow import existing_task  # a unique task (docs/flow-control.md)
-
-        with _driver_errors("create"), self._pool.connection() as conn:
-            found = existing_task(conn, task)
-        if found is None:  # the task holding its unique key finished in between: the key is free
-            return self.create(task, detail=detail, publish=publish)
-        return found, False
 
     def _existing(self, task: Task) -> Task:
         if task.idempotency_key is None:
             return self.get(task.id)
         return self._by_key(task)
 
+    def _created(self, task: Task, detail: str | None = None, publish: bool = True) -> tuple[Task, bool]:
+        """Nothing was inserted: another task holds the key, or this very task (same id) is
+        there already (an insert whose answer was lost, tried again)."""
+        if task.flow is not None:  # maybe a unique key (docs/flow-control.md)
+            from conveyor.store.postgres_flow import existing_task
+
+            with _driver_errors("create"), self._pool.connection() as conn:
+                found = existing_task(conn, task)
+            if found is None:  # the task holding its unique key finished in between: the key is free
+                return self.create(task, detail=detail, publish=publish)
+            return found, found == task.replace(version=found.version)
+        existing = self._existing(task)
+        return existing, existing == task.replace(version=existing.version)
+
+    @_once_more_if_the_connection_died
     def _by_key(self, task: Task) -> Task:
         with _driver_errors("create"), self._pool.connection() as conn:
             existing = (
@@ -249,16 +283,18 @@ class PostgresStore:
             )
         if existing is None:
             raise StoreError(f"task {task.id}: insert skipped but no task holds its idempotency key")
-        return existing
+        return cast(Task, existing)
 
+    @_once_more_if_the_connection_died
     def get(self, task_id: uuid.UUID) -> Task:
         with _driver_errors("get"), self._pool.connection() as conn:
             cur = conn.cursor(row_factory=_task_rows)
             found = cur.execute(f"SELECT {_COLS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
         if found is None:
             raise TaskNotFound(task_id)
-        return found
+        return cast(Task, found)
 
+    @_once_more_if_the_connection_died
     def update(
         self,
         task: Task,
@@ -282,6 +318,7 @@ class PostgresStore:
             raise TaskNotFound(task.id)
         raise ConcurrentUpdate(task.id)
 
+    @_once_more_if_the_connection_died
     def claim_many(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
         keep = batch.first_of_each_id([c[0] for c in claims])
         with _driver_errors("claim"), self._by_key_lookups() as conn:
@@ -291,6 +328,7 @@ class PostgresStore:
         kept = set(keep)
         return [started.get(c[0]) if i in kept else None for i, c in enumerate(claims)]
 
+    @_once_more_if_the_connection_died
     def finish_many(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
         keep = batch.first_of_each_id([o.task_id for o in outcomes])
         with _driver_errors("finish"), self._by_key_lookups() as conn:
@@ -314,6 +352,7 @@ class PostgresStore:
         with _driver_errors("update_many"), self._pool.connection() as conn:
             return _pipelined(conn, plans)
 
+    @_once_more_if_the_connection_died
     def renew_leases(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
         if not leases:
             return set()
@@ -342,6 +381,7 @@ class PostgresStore:
                 conn.execute(f"SET LOCAL {setting} = off")
             yield conn
 
+    @_once_more_if_the_connection_died
     def expired_leases(self, older_than_s: float, limit: int = 100) -> list[Task]:
         with _driver_errors("expired_leases"), self._pool.connection() as conn:
             cur = conn.cursor(row_factory=_task_rows)
@@ -351,6 +391,7 @@ class PostgresStore:
                 (older_than_s, limit),
             ).fetchall()
 
+    @_once_more_if_the_connection_died
     def unpublished(self, older_than_s: float, limit: int = 500) -> list[Task]:
         cols = ", ".join("t." + c for c in _FIELDS)
         with _driver_errors("unpublished"), self._pool.connection() as conn:
@@ -366,18 +407,18 @@ class PostgresStore:
                 " AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = o.task_id)", (older_than_s,))
         return tasks
 
+    @_once_more_if_the_connection_died
     def mark_published(self, tasks: Sequence[Task]) -> None:
         if not tasks:
             return
-        with _driver_errors("mark_published"), self._pool.connection() as conn, conn.transaction():
-            # A lost delete only costs a duplicate message from the reconciler: no fsync wait.
-            conn.execute("SET LOCAL synchronous_commit = off")
+        with _driver_errors("mark_published"), self._pool.connection() as conn:
             conn.execute(
                 "DELETE FROM task_outbox o USING unnest(%s::uuid[], %s::int[]) AS d(id, version)"
                 " WHERE o.task_id = d.id AND o.version <= d.version",
                 ([t.id for t in tasks], [t.version for t in tasks]),
             )
 
+    @_once_more_if_the_connection_died
     def events(self, task_id: uuid.UUID) -> list[TaskEvent]:
         with _driver_errors("events"), self._pool.connection() as conn:
             rows = conn.execute(
@@ -388,6 +429,7 @@ class PostgresStore:
             for tid, src, dst, at, node, detail in rows
         ]
 
+    @_once_more_if_the_connection_died
     def query(self, filter: TaskFilter, *, limit: int = 50, cursor: uuid.UUID | None = None) -> Page:
         sql, params = self.query_sql(filter, limit=limit, cursor=cursor)
         with _driver_errors("query"), self._pool.connection() as conn:
@@ -412,6 +454,7 @@ class PostgresStore:
         params.append(max(limit, 0))
         return f"SELECT {_COLS} FROM tasks {clause}ORDER BY id DESC LIMIT %s", params
 
+    @_once_more_if_the_connection_died
     def count_by_status(self, queue: str | None = None) -> dict[str, int]:
         """Every status, zero included."""
         sql = "SELECT status, count(*) FROM tasks"
@@ -425,6 +468,7 @@ class PostgresStore:
         counts.update(rows)
         return counts
 
+    @_once_more_if_the_connection_died
     def queue_stats(self, since: float) -> dict[str, dict[str, int]]:
         stats: dict[str, dict[str, int]] = {}
         with _driver_errors("queue_stats"), self._pool.connection() as conn:
@@ -440,10 +484,12 @@ class PostgresStore:
             counts.setdefault("finished_since", 0)
         return stats
 
+    @_once_more_if_the_connection_died
     def upsert_node(self, node: NodeInfo) -> None:
         with _driver_errors("upsert_node"), self._pool.connection() as conn:
             conn.execute(_UPSERT_NODE_SQL, _node_values(node))
 
+    @_once_more_if_the_connection_died
     def nodes(self) -> list[NodeInfo]:
         with _driver_errors("nodes"), self._pool.connection() as conn:
             rows = conn.execute(f"SELECT {_NODE_COLS} FROM nodes ORDER BY started_at, id").fetchall()

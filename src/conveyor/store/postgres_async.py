@@ -71,6 +71,7 @@ class AsyncPostgres:
         self.url = url
         self._min_size, self._max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
+        self._claims: asyncpg.Pool | None = None  # synchronous_commit off: cycles that only claim
         self._clock_offset = 0.0
         self._clock_read_at = -_CLOCK_REFRESH_S
 
@@ -85,13 +86,20 @@ class AsyncPostgres:
             # per statement); these connections keep no session state to reset.
             self._pool = await asyncpg.create_pool(self.url, min_size=self._min_size, max_size=self._max_size,
                                                    init=init, reset=_nothing, server_settings=settings)
+            # A cycle that only claims need not wait for the disk: a claim lost in a server crash
+            # is redone from its message (still unacked), and should its handler have finished,
+            # the fenced outcome finds the task back in its queue and hands the delivery back.
+            self._claims = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=1, init=init, reset=_nothing,
+                server_settings={**settings, "synchronous_commit": "off"})
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"postgres store: connect failed: {exc}") from exc
         await self.refresh_clock()
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+        for pool in (self._pool, self._claims):
+            if pool is not None:
+                await pool.close()
 
     def pool(self) -> asyncpg.Pool:
         """The pool itself, for flow control's multi-statement transactions (postgres_async_flow.py)."""
@@ -111,11 +119,12 @@ class AsyncPostgres:
 
             await asyncio.to_thread(upgrade, self.url)
 
-    async def _fetch(self, sql: str, params: dict[str, Any] | Sequence[Any]) -> list[Any]:
+    async def _fetch(self, sql: str, params: dict[str, Any] | Sequence[Any], *, durable: bool = True) -> list[Any]:
         text, args = _args(sql, params)
-        assert self._pool is not None
+        pool = self._pool if durable else self._claims
+        assert pool is not None
         try:
-            async with self._pool.acquire() as conn:
+            async with pool.acquire() as conn:
                 try:
                     rows: list[Any] = await conn.fetch(text, *args)
                 except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
@@ -147,7 +156,8 @@ class AsyncPostgres:
                     lease_s: float) -> list[Any]:
         """One statement: record ``outcomes``, claim ``claims``; rows of (kind, id, status,
         version, eta), kind 'f' for an outcome written and 'c' for a claim made."""
-        return await self._fetch(_CYCLE_SQL, batch.cycle_params(outcomes, claims, node, lease_s))
+        return await self._fetch(_CYCLE_SQL, batch.cycle_params(outcomes, claims, node, lease_s),
+                                 durable=bool(outcomes))
 
     async def renew(self, leases: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> set[uuid.UUID]:
         if not leases:
@@ -165,7 +175,7 @@ class AsyncPostgres:
     async def create(self, task: Task, detail: str | None, publish: bool) -> tuple[Task, bool]:
         rows = await self._fetch(pg._INSERT_SQL, [*pg.task_values(task), detail, publish])
         if rows:
-            return pg._make_task(rows[0]), True
+            return task, True
         if task.idempotency_key is not None:
             found = await self._fetch(f"SELECT {pg._COLS} FROM tasks WHERE idempotency_key = %s",
                                       (task.idempotency_key,))

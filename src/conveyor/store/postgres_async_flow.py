@@ -113,9 +113,8 @@ class AsyncFlowTx:
     def insert(self, tasks: Sequence[Task], *, detail: str | None, publish: bool) -> list[tuple[Task, bool]]:
         results: list[tuple[Task, bool]] = []
         for task in tasks:
-            created = self._tasks(pg._INSERT_SQL, [*pg.task_values(task), detail, publish])
-            if created:
-                results.append((created[0], True))
+            if self._fetch(*_args(pg._INSERT_SQL, [*pg.task_values(task), detail, publish])):
+                results.append((task, True))  # only the id comes back: the task is the one inserted
                 continue
             existing = self._conflicting(task)
             if existing is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -89,9 +89,9 @@ class PostgresFlowTx:
     def insert(self, tasks: Sequence[Task], *, detail: str | None, publish: bool) -> list[tuple[Task, bool]]:
         results: list[tuple[Task, bool]] = []
         for task in tasks:
-            created = self._tasks(sql._INSERT_SQL, [*pg._task_values(task), detail, publish])
-            if created:
-                results.append((created[0], True))
+            inserted = self._conn.execute(sql._INSERT_SQL, [*pg._task_values(task), detail, publish]).fetchone()
+            if inserted is not None:  # only the id comes back: the task is the one inserted
+                results.append((task, True))
                 continue
             existing = self.conflicting(task)
             if existing is None:
@@ -131,10 +131,10 @@ def existing_task(conn: psycopg.Connection[Any], task: Task) -> Task | None:
         found = cursor.execute(f"SELECT {sql._COLS} FROM tasks WHERE idempotency_key = %s",
                                (task.idempotency_key,)).fetchone()
         if found is not None:
-            return found
+            return cast(Task, found)
     unique = (task.flow or {}).get("unique_key")
     if isinstance(unique, str):
         found = cursor.execute(ACTIVE_UNIQUE_SQL, (unique,)).fetchone()
         if found is not None:
-            return found
-    return cursor.execute(f"SELECT {sql._COLS} FROM tasks WHERE id = %s", (task.id,)).fetchone()
+            return cast(Task, found)
+    return cast(Task | None, cursor.execute(f"SELECT {sql._COLS} FROM tasks WHERE id = %s", (task.id,)).fetchone())

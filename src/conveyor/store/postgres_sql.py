@@ -30,15 +30,15 @@ _INSERT_SQL = f"""
 WITH c AS (SELECT {batch.CLOCK} AS now), t AS (
     INSERT INTO tasks ({_COLS}) VALUES ({", ".join(["%s"] * len(_FIELDS))})
     ON CONFLICT DO NOTHING
-    RETURNING {_COLS}
+    RETURNING id, status, version
 ), e AS (
     INSERT INTO task_events ({_EVENT_COLS})
     SELECT id, NULL, status, c.now, NULL, %s::text FROM t, c
 ), o AS (
     INSERT INTO task_outbox (task_id, version, at) SELECT id, version, c.now FROM t, c WHERE %s::bool
 )
-SELECT {_COLS} FROM t
-"""
+SELECT id FROM t
+"""  # only the id comes back: the caller has the task it inserted
 
 
 

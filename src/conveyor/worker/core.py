@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from conveyor import log as log_context
+from conveyor import tracing
 from conveyor.context import TaskContext, flow_context, set_current
 from conveyor.errors import ConveyorError, TaskNotFound
 from conveyor.model import NodeInfo, Task, TaskStatus
@@ -67,6 +69,7 @@ class InFlight:
     lost: bool = False  # the store says another node or a cancel took it: its outcome is fenced off
     returned: bool = False  # given back on shutdown: its outcome is no longer ours to record
     finished: bool = False  # the handler returned; the outcome may still be on its way to the store
+    span: tracing.RunSpan | None = None  # OpenTelemetry spans of the attempt, when the app traces
 
 
 @dataclass(eq=False, slots=True)
@@ -294,6 +297,9 @@ class WorkerCore:
     # -- run --------------------------------------------------------------------------------
     def _start(self, task: Task, arrival: Arrival) -> None:
         flight = InFlight(task, arrival)
+        flight.span = tracing.begin_run(arrival.body, task_id=task.id, task_type=task.type, queue=task.queue,
+                                        attempt=task.attempts, node=self.node,
+                                        due_at=max(task.queued_at or 0.0, task.eta or 0.0) or None)
         self.flights[task.id] = flight
         spec = self.registry.find(task.type)
         if spec is None:
@@ -317,6 +323,10 @@ class WorkerCore:
         context.run(set_current, TaskContext(id=task.id, type=task.type, attempt=task.attempts,
                                              max_attempts=task.max_attempts, node=self.node,
                                              cancel_requested=flight.cancelled, **flow_context(task.flow)))
+        # The handler's own log lines carry the task (conveyor.log); its spans nest under the run's.
+        context.run(log_context.set_fields, task_id=task.id, type=task.type, queue=task.queue)
+        if flight.span is not None:
+            flight.span.enter(context)
         return context
 
     @staticmethod
@@ -345,6 +355,8 @@ class WorkerCore:
 
     def _finish(self, flight: InFlight, outcome: Outcome, dead_letter: str | None = None) -> None:
         flight.finished = True
+        if flight.span is not None:
+            flight.span.end()
         self.worker.done += 1
         self._release_slot()
         if flight.returned:
@@ -522,7 +534,8 @@ class WorkerCore:
         task.add_done_callback(self._spawned.discard)
 
     def _extra(self, task: Task, action: str) -> dict[str, str]:
-        return {"task_id": str(task.id), "queue": task.queue, "worker": self.node, "action": action}
+        return {"task_id": str(task.id), "type": task.type, "queue": task.queue, "worker": self.node,
+                "action": action}
 
 
 async def _logged(action: Coroutine[Any, Any, Any], what: str) -> None:

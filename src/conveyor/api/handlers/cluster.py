@@ -6,15 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from conveyor.api.handlers import ServiceDep, SettingsDep
+from conveyor.api.handlers import OpsDep, ServiceDep, SettingsDep
 from conveyor.api.schemas import JsonResponse, NodesOut, QueuesOut
-from conveyor.model import NodeInfo, TaskStatus, now
+from conveyor.model import NodeInfo, now
+from conveyor.operations import Operations
 from conveyor.service import TaskService
 
 router = APIRouter(tags=["cluster"])
 
-RATE_WINDOW_S = 60.0
-DEPTH_STATUSES = (TaskStatus.QUEUED.value, TaskStatus.SCHEDULED.value, TaskStatus.RETRYING.value)
 
 
 def shown_status(node: NodeInfo, at: float, heartbeat_s: float) -> str:
@@ -33,30 +32,9 @@ def node_rows(service: TaskService, heartbeat_s: float, include_stopped: bool = 
     return rows
 
 
-def queue_rows(service: TaskService) -> list[dict[str, Any]]:
-    stats = service.store.queue_stats(now() - RATE_WINDOW_S)
-    for node in service.nodes():  # queues served but still empty are worth showing
-        if node.status == "live":
-            for name in node.queues:
-                if not name.startswith("_node."):  # a node's own queue (routing) is no queue to show
-                    stats.setdefault(name, {})
-    rows = []
-    for name in sorted(stats):
-        raw = stats[name]
-        counts = {s.value: int(raw.get(s.value, 0)) for s in TaskStatus}
-        finished = int(raw.get("finished_since", 0))
-        rows.append({
-            "name": name,
-            "depth": sum(counts[s] for s in DEPTH_STATUSES),
-            "in_flight": counts[TaskStatus.RUNNING.value],
-            "succeeded": counts[TaskStatus.SUCCEEDED.value],
-            "failed": counts[TaskStatus.FAILED.value],
-            "cancelled": counts[TaskStatus.CANCELLED.value],
-            "finished_last_60s": finished,
-            "rate_per_s": round(finished / RATE_WINDOW_S, 3),
-            "counts": counts,
-        })
-    return rows
+def queue_rows(ops: Operations) -> list[dict[str, Any]]:
+    """Per queue (from the statistics; see ``Operations.queues``)."""
+    return ops.queues()
 
 
 @router.get("/nodes", response_model=None, responses={200: {"model": NodesOut, "description": "Nodes"}})
@@ -68,7 +46,8 @@ def list_nodes(service: ServiceDep, settings: SettingsDep,
 
 
 @router.get("/queues", response_model=None, responses={200: {"model": QueuesOut, "description": "Queues"}})
-def list_queues(service: ServiceDep) -> JsonResponse:
-    """Per queue: depth (queued + scheduled + retrying), in flight (running), finished totals and
+def list_queues(ops: OpsDep) -> JsonResponse:
+    """Per queue: depth (queued + scheduled + retrying), in flight (running), the age of the
+    oldest queued task, consumers (live nodes serving it) and their slots, finished totals and
     the finish rate over the last 60 s."""
-    return JsonResponse({"queues": queue_rows(service)})
+    return JsonResponse({"queues": queue_rows(ops)})
