@@ -89,9 +89,17 @@ class FlowHooks:
         return task.type in self._concurrency or (flow is not None and "workflow" in flow)
 
     def involved(self, finished: Sequence[Finished], claims: Sequence[Claimed]) -> bool:
+        """Whether this cycle needs flow control's transaction (per task: an attribute test,
+        plus set lookups only when some type is limited)."""
+        concurrency = self._concurrency
+        for f in finished:
+            task = f.task
+            if task.flow is not None and "workflow" in task.flow:
+                return True
+            if concurrency and task.type in concurrency:
+                return True
         limits = self.limits
-        return (any(self.tracks(f.task) for f in finished)
-                or (bool(limits) and any(c.message is not None and c.message.type in limits for c in claims)))
+        return bool(limits) and any(c.message is not None and c.message.type in limits for c in claims)
 
     def refs(self, msg: Message) -> list[LimitRef]:
         return [LimitRef(d, key_value(msg.params, d.key_param)) for d in self.limits.get(msg.type, ())]

@@ -322,7 +322,8 @@ class WorkerCore:
         context = contextvars.copy_context()
         context.run(set_current, TaskContext(id=task.id, type=task.type, attempt=task.attempts,
                                              max_attempts=task.max_attempts, node=self.node,
-                                             cancel_requested=flight.cancelled, **flow_context(task.flow)))
+                                             cancel_requested=flight.cancelled,
+                                             **(flow_context(task.flow) if task.flow else {})))
         # The handler's own log lines carry the task (conveyor.log); its spans nest under the run's.
         context.run(log_context.set_fields, task_id=task.id, type=task.type, queue=task.queue)
         if flight.span is not None:

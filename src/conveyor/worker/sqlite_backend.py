@@ -99,7 +99,7 @@ class SqliteBackend:
         if not finished:
             return []
         outcomes = [dataclasses.replace(f.outcome, publish=False) for f in finished]  # messages go in here
-        if self.flow is not None and any(self.flow.tracks(f.task) for f in finished):  # flow control
+        if self.flow is not None and self.flow.involved(finished, ()):  # flow control: tracked outcomes
             written, released = self.flow.finish(SqliteFlowTx(self.store, conn), finished, outcomes, node)
             self._publish_in(conn, released)
         else:
