@@ -15,7 +15,7 @@ from conveyor.flow import limits as lim
 from conveyor.flow import routing, workflows
 from conveyor.flow.options import check_route
 from conveyor.flow.tx import flow_transaction
-from conveyor.model import Task, iso
+from conveyor.model import Task, iso, new_task_id
 from conveyor.service import SubmitRequest, TaskService
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class FlowService:
         template = self._template(task_type, params, options)
         nodes = self._live(template.queue)
         steps = [workflows.StepSpec(f"node:{n.id}", template.replace(
-            id=_new_id(), flow={"route": "broadcast", "node": n.id})) for n in nodes]
+            id=new_task_id(), flow={"route": "broadcast", "node": n.id})) for n in nodes]
         return self.submit_workflow(workflows.WorkflowSpec(
             name=f"broadcast {task_type}", steps=tuple(steps), result=tuple(s.name for s in steps), result_list=True))
 
@@ -125,10 +125,12 @@ class FlowService:
         reads ``shard_index``/``shard_total`` from ``current_task()``."""
         template = self._template(task_type, params, options)
         nodes = self._live(template.queue)
-        total = shards or len(nodes)
+        spec = self.tasks.registry.find(task_type)
+        declared = spec.options.flow.shards if spec is not None and spec.options.flow is not None else None
+        total = shards or declared or len(nodes)
         check_route("sharded", None, total)
         steps = [workflows.StepSpec(f"shard:{i}", template.replace(
-            id=_new_id(), flow={"route": "sharded", "node": node.id, "shard": [i, total]}))
+            id=new_task_id(), flow={"route": "sharded", "node": node.id, "shard": [i, total]}))
             for i, node in enumerate(routing.spread(nodes, total))]
         return self.submit_workflow(workflows.WorkflowSpec(
             name=f"sharded {task_type}", steps=tuple(steps), result=tuple(s.name for s in steps), result_list=True))
@@ -205,8 +207,3 @@ def _keys(tx: Any, limit: lim.LimitDef) -> list[dict[str, Any]]:
     keys.update({key: {"key": key, "slots": 0, "parked": int(n)} for key, n in parked.items()})
     return [keys[k] for k in sorted(keys)]
 
-
-def _new_id() -> uuid.UUID:
-    from conveyor.model import new_task_id
-
-    return new_task_id()

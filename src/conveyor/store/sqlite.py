@@ -139,8 +139,7 @@ class SqliteStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._db = SqliteFile(url, StoreError, "store", _SCHEMA)
-        with self._db.transaction() as conn:  # flow control's tables (docs/flow-control.md)
-            sqlite_flow.migrate(conn)
+        sqlite_flow.migrate(self._db)  # flow control's tables (docs/flow-control.md)
 
     def now(self) -> float:
         """The embedded store lives on one machine: its clock is the machine's."""

@@ -19,6 +19,7 @@ from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.store.base import Outcome
 
 if TYPE_CHECKING:
+    from conveyor._sqlite import SqliteFile
     from conveyor.store.sqlite import SqliteStore
 
 _ACTIVE = ", ".join(repr(s) for s in ACTIVE_STATUSES)
@@ -70,14 +71,21 @@ CREATE TABLE IF NOT EXISTS flow_edges (
 """
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a file made by an older Conveyor up to date (inside the caller's transaction)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-    if "flow" not in columns:
-        conn.execute("ALTER TABLE tasks ADD COLUMN flow TEXT")
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+def migrate(db: SqliteFile) -> None:
+    """Create flow control's tables and indexes, and add ``tasks.flow`` to a file made by an older
+    Conveyor. A look first, without the write lock: processes opening a file that has them (all
+    but the first) take no write lock for it."""
+    with db.locked() as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        last = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'flow_edges'").fetchone()
+    if "flow" in columns and last is not None:
+        return
+    with db.transaction() as conn:
+        if "flow" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
+            conn.execute("ALTER TABLE tasks ADD COLUMN flow TEXT")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
 
 
 def _param(value: Any) -> Any:
