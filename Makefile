@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services browser test-deps phpunit chaos model
+.PHONY: demo test lint bench clean services browser test-deps phpunit chaos model flow-long
 
 $(STAMP): pyproject.toml
 	bash scripts/install-debian-packages.sh
@@ -53,6 +53,12 @@ model: $(STAMP) test-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Flow control's 30 s rate-limit runs (CI runs the 10 s form inside `make test`): 50/s on three
+# workers, on both deployments; each prints its figures (docs/flow-control.md).
+flow-long: $(STAMP) services
+	CONVEYOR_TEST_LONG=1 $(BIN)/pytest -s -p no:cacheprovider tests/e2e/test_flow_embedded.py \
+		tests/integration/test_flow_distributed.py -k "30_s"
 
 clean:
 	rm -rf $(VENV) artifacts conveyor.db conveyor.db-wal conveyor.db-shm chaos-results.jsonl

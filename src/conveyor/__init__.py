@@ -1,6 +1,6 @@
 """Conveyor: distributed task scheduling and dispatch for microservices."""
 
-from conveyor.app import Conveyor, TaskHandle
+from conveyor.app import Conveyor, TaskHandle, WorkflowHandle
 from conveyor.context import TaskContext, current_task
 from conveyor.errors import (
     Abort,
@@ -11,7 +11,9 @@ from conveyor.errors import (
     TaskNotFound,
     TaskTimeout,
     UnknownTask,
+    WorkflowFailed,
 )
+from conveyor.flow.canvas import Signature, Workflow, chain, chord, group
 from conveyor.model import Task, TaskStatus
 
 __version__ = "0.1.0"
@@ -22,6 +24,7 @@ __all__ = [
     "ConveyorError",
     "Retry",
     "SerializationError",
+    "Signature",
     "Task",
     "TaskContext",
     "TaskFailed",
@@ -30,6 +33,12 @@ __all__ = [
     "TaskStatus",
     "TaskTimeout",
     "UnknownTask",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowHandle",
     "__version__",
+    "chain",
+    "chord",
     "current_task",
+    "group",
 ]

@@ -6,6 +6,7 @@ import contextvars
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from conveyor.errors import ConveyorError
 
@@ -18,6 +19,11 @@ class TaskContext:
     max_attempts: int
     node: str
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    # Flow control (docs/flow-control.md): the shard of a sharded task, the workflow step of a step.
+    shard_index: int | None = None
+    shard_total: int | None = None
+    workflow_id: str | None = None
+    step: str | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -33,6 +39,17 @@ def current_task() -> TaskContext:
         return _current.get()
     except LookupError:
         raise ConveyorError("current_task() called outside a running task") from None
+
+
+def flow_context(flow: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``TaskContext`` fields a task's ``flow`` gives (none for an ordinary task)."""
+    if not flow:
+        return {}
+    shard = flow.get("shard")
+    fields: dict[str, Any] = {"workflow_id": flow.get("workflow"), "step": flow.get("step")}
+    if isinstance(shard, list) and len(shard) == 2:
+        fields.update(shard_index=int(shard[0]), shard_total=int(shard[1]))
+    return fields
 
 
 def set_current(ctx: TaskContext) -> contextvars.Token[TaskContext]:

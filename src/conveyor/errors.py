@@ -10,12 +10,14 @@
         TaskNotFound               no task with that id was ever submitted
         InvalidTransition          the lifecycle forbids that status change
         ConcurrentUpdate           someone else changed the task first (compare-and-set lost)
+        WorkflowNotFound           no workflow with that id was ever submitted
       TaskError
         UnknownTask                no handler registered for a task type
         SerializationError         params/result are not JSON
         TaskTimeout                a handler ran past its timeout
         HandlerError               a handler raised in a child process (--pool process)
       TaskFailed                   raised by TaskHandle.result() for a failed/cancelled task
+      WorkflowFailed               raised by WorkflowHandle.result() for a failed/cancelled workflow
 
     Retry(delay_s)                 raised by handler code: run me again later
     Abort                          raised by handler code: fail now, never retry
@@ -66,6 +68,12 @@ class ConcurrentUpdate(StoreError):
         self.task_id = task_id
 
 
+class WorkflowNotFound(StoreError):
+    def __init__(self, workflow_id: object) -> None:
+        super().__init__(f"unknown workflow id {workflow_id}")
+        self.workflow_id = workflow_id
+
+
 class TaskError(ConveyorError):
     pass
 
@@ -103,6 +111,16 @@ class TaskFailed(ConveyorError):
         self.task_id = task_id
         self.status = status
         self.error = error
+
+
+class WorkflowFailed(ConveyorError):
+    """The workflow ended as failed or cancelled; ``workflow`` is its view (steps and errors)."""
+
+    def __init__(self, workflow: dict[str, Any]) -> None:
+        failed = [s["name"] for s in workflow.get("steps", []) if s.get("status") in ("failed", "cancelled")]
+        super().__init__(f"workflow {workflow.get('id')} {workflow.get('status')}"
+                         + (f": step(s) {', '.join(failed[:5])} did not succeed" if failed else ""))
+        self.workflow = workflow
 
 
 class Retry(Exception):

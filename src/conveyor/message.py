@@ -35,13 +35,14 @@ class Message:
     timeout: float | None = None
     eta: float | None = None
     trace: dict[str, str] = field(default_factory=dict)  # W3C trace context, passed through
+    flow: dict[str, JSON] | None = None  # flow control (docs/protocol.md §10): absent for ordinary tasks
 
     @classmethod
     def for_task(cls, task: Task, trace: dict[str, str] | None = None) -> Message:
         return cls(
             id=task.id, type=task.type, params=task.params, queue=task.queue,
             priority=task.priority, attempt=task.attempts + 1, max_attempts=task.max_attempts,
-            timeout=task.timeout, eta=task.eta, trace=trace or {},
+            timeout=task.timeout, eta=task.eta, trace=trace or {}, flow=task.flow,
         )
 
     def to_task(self, at: float | None = None) -> Task:
@@ -55,7 +56,7 @@ class Message:
             priority=self.priority, attempts=self.attempt - 1, max_attempts=self.max_attempts,
             timeout=self.timeout, eta=self.eta if scheduled else None,
             status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,
-            created_at=at, queued_at=None if scheduled else at,
+            created_at=at, queued_at=None if scheduled else at, flow=self.flow,
         )
 
 
@@ -84,7 +85,7 @@ def loads(body: bytes | str) -> Any:
 
 
 def encode(message: Message) -> bytes:
-    body = dumps({
+    fields = {
         "protocol": PROTOCOL_VERSION,
         "id": str(message.id),
         "type": message.type,
@@ -96,7 +97,10 @@ def encode(message: Message) -> bytes:
         "timeout": message.timeout,
         "eta": iso(message.eta),
         "trace": message.trace,
-    })
+    }
+    if message.flow is not None:  # only flow-controlled tasks carry it: ordinary bodies are unchanged
+        fields["flow"] = message.flow
+    body = dumps(fields)
     if len(body) > MAX_MESSAGE_BYTES:
         raise SerializationError(f"message is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     return body
@@ -142,6 +146,9 @@ def _from_dict(data: dict[str, Any]) -> Message:
     trace = data.get("trace") or {}
     if not isinstance(trace, dict) or not all(isinstance(v, str) for v in trace.values()):
         raise ValueError("trace must be a JSON object of strings")
+    flow = data.get("flow")
+    if flow is not None and not isinstance(flow, dict):
+        raise ValueError("flow must be a JSON object or null")
     return Message(
         id=uuid.UUID(task_id),
         type=validation.check_type(data["type"]),
@@ -153,4 +160,5 @@ def _from_dict(data: dict[str, Any]) -> Message:
         timeout=validation.check_timeout(data.get("timeout")),
         eta=validation.check_eta(parse_iso(eta)),
         trace=trace,
+        flow=flow,
     )

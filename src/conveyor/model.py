@@ -115,6 +115,9 @@ class Task:
     lease_until: float | None = None  # while running: the owner's lease in the store
     crashes: int = 0  # times its node died while running it
     version: int = 0  # bumped by every store write; the compare-and-set token
+    # Flow control (docs/flow-control.md): unique key, workflow step, routing pin or shard; None
+    # for an ordinary task. Kept as one optional JSON value so an ordinary task carries nothing.
+    flow: dict[str, Any] | None = None
 
     def replace(self, **changes: Any) -> Task:
         return dataclasses.replace(self, **changes)
@@ -141,6 +144,7 @@ class Task:
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
             "crashes": self.crashes,
+            "flow": self.flow,
         }
 
 
@@ -193,7 +197,7 @@ class NodeInfo:
             "id": self.id,
             "host": self.host,
             "pid": self.pid,
-            "queues": list(self.queues),
+            "queues": [q for q in self.queues if not q.startswith("_node.")],  # its own queue: routing's business
             "concurrency": self.concurrency,
             "started_at": iso(self.started_at),
             "last_heartbeat": iso(self.last_heartbeat),

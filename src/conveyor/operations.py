@@ -173,7 +173,8 @@ class Operations:
         for node in self.service.nodes():
             if node.status == "live" and not node.is_silent(at, self.settings.heartbeat_s):
                 for name in node.queues:
-                    consumers.setdefault(name, []).append(node)
+                    if not name.startswith("_node."):  # a node's own queue (routing) is no queue to show
+                        consumers.setdefault(name, []).append(node)
         finished = self.queries.finished_since(at - RATE_WINDOW_S)
         rows = []
         for name in sorted(set(counts) | set(consumers) | set(oldest)):

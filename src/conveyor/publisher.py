@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 from conveyor import message, tracing
 from conveyor.broker.base import Broker, PublishItem
 from conveyor.errors import ConveyorError
+from conveyor.flow.routing import publish_queue
 from conveyor.message import Message
 from conveyor.model import Task
 from conveyor.store.base import Store
@@ -49,7 +50,8 @@ class PublishesLater(Protocol):
 def publish_item(task: Task, now: float) -> PublishItem:
     """The task's next message, due at its eta (``now``: the store's clock)."""
     delay_s = max(0.0, task.eta - now) if task.eta else 0.0
-    return (message.encode(Message.for_task(task, tracing.trace_for(task.id))), task.queue, task.priority,
+    queue = task.queue if task.flow is None else publish_queue(task)  # a task pinned to a node: its queue
+    return (message.encode(Message.for_task(task, tracing.trace_for(task.id))), queue, task.priority,
             delay_s, None)
 
 
@@ -60,7 +62,7 @@ def publish_tasks(broker: Broker, tasks: Sequence[Task], *, at: float | None = N
         return
     now = time.time() if at is None else at
     if not getattr(broker, "declares_on_publish", False):
-        for queue in {t.queue for t in tasks}:
+        for queue in {t.queue if t.flow is None else publish_queue(t) for t in tasks}:
             broker.declare_queue(queue)
     broker.publish_many([publish_item(t, now) for t in tasks])
 

@@ -20,6 +20,8 @@ from conveyor import message, tracing, validation
 from conveyor.broker.base import Broker
 from conveyor.embedded import together
 from conveyor.errors import ConcurrentUpdate, InvalidTransition, SerializationError
+from conveyor.flow.options import submit_flow
+from conveyor.flow.routing import pin_keyed
 from conveyor.model import (
     NodeInfo,
     Page,
@@ -52,11 +54,16 @@ class SubmitRequest:
     max_attempts: int | None = None
     timeout: float | None = None
     idempotency_key: str | None = None
+    unique_key: str | None = None  # flow control (docs/flow-control.md): dedupe while one is waiting or running
+    route: str | None = None  # fair | key (None: the type's)
+    route_key: str | None = None  # route "key": the param whose value picks the node
 
 
 class TaskService:
-    def __init__(self, store: Store, broker: Broker, registry: Registry | None = None) -> None:
+    def __init__(self, store: Store, broker: Broker, registry: Registry | None = None, *,
+                 heartbeat_s: float = 5.0) -> None:
         self.store = store
+        self.heartbeat_s = heartbeat_s  # how live nodes are told apart, for routing (flow/routing.py)
         self.broker = broker
         self.registry = registry or Registry()
         self.publisher = Publisher(store, broker)
@@ -106,12 +113,14 @@ class TaskService:
         if request.delay_s is not None:
             eta = created_at + validation.check_delay(request.delay_s)
         scheduled = eta is not None and eta > created_at
+        flow = submit_flow(request.type, params, defaults.flow, unique_key=request.unique_key, route=request.route,
+                           route_key=request.route_key)
         return Task(
             type=task_type, params=params, queue=queue,
             priority=priority, max_attempts=max_attempts, timeout=timeout,
             eta=eta if scheduled else None, idempotency_key=request.idempotency_key,
             status=TaskStatus.SCHEDULED if scheduled else TaskStatus.QUEUED,
-            created_at=created_at, queued_at=None if scheduled else created_at,
+            created_at=created_at, queued_at=None if scheduled else created_at, flow=flow,
         )
 
     # -- control ------------------------------------------------------------------------
@@ -178,14 +187,17 @@ class TaskService:
             return self._submit_tasks(tasks)
 
     def _submit_tasks(self, tasks: Sequence[Task]) -> list[tuple[Task, bool]]:
+        if any(t.flow is not None for t in tasks):  # key routing: pin each to its node (flow/routing.py)
+            tasks = pin_keyed(self.store, tasks, self.heartbeat_s)
         if self._together is not None:
             return self._together.create_and_publish(tasks, detail="submitted")
         results = self.store.create_many(tasks, detail="submitted", publish=True)
         self.publisher.send([task for task, created in results if created])
         # An idempotent repeat of a task that never started may find it still without its
         # message (its submitter died before publishing): send it again. A duplicate is
-        # harmless, the claim drops it.
-        repeats = [t for t, created in results if not created and t.attempts == 0
+        # harmless, the claim drops it. (A unique key's holder is no repeat: it has its message.)
+        repeats = [t for (t, created), submitted in zip(results, tasks, strict=True) if not created
+                   and (submitted.idempotency_key is not None or submitted.flow is None) and t.attempts == 0
                    and t.status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED)]
         if repeats:
             self.publisher.send(repeats)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import UnknownTask
+from conveyor.flow.options import FlowOptions
 
 if TYPE_CHECKING:
     from conveyor.app import Conveyor, TaskHandle
+    from conveyor.flow.canvas import Signature
 
 Handler = Callable[..., Any]
 
@@ -26,6 +28,7 @@ class TaskOptions:
     timeout: float | None = None  # seconds per attempt
     retry_backoff_s: float = 1.0  # first retry delay; doubles each attempt, with jitter
     retry_backoff_max_s: float = 300.0
+    flow: FlowOptions | None = None  # limits, uniqueness, routing (docs/flow-control.md)
 
 
 class TaskSpec:
@@ -48,6 +51,12 @@ class TaskSpec:
     def submit(self, params: dict[str, Any] | None = None, **options: Any) -> TaskHandle:
         """Submit with per-call options (eta, delay, priority, idempotency_key, ...)."""
         return self.app.submit(self.name, params or {}, **options)
+
+    def s(self, **params: Any) -> Signature:
+        """A signature of this task with these params: a step for ``chain``/``group``/``chord``."""
+        from conveyor.flow.canvas import Signature
+
+        return Signature(self.name, params)
 
     def __repr__(self) -> str:
         return f"TaskSpec({self.name!r}, queue={self.options.queue!r})"

@@ -85,9 +85,11 @@ def test_tables_are_created_in_the_schema_named_by_the_url(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
             (_schema_of(postgres_schema_url),),
         ).fetchall()
-    assert [r[0] for r in rows] == ["nodes", "schema_migrations", "stats_buckets", "stats_counts", "stats_minutes",
-                                    "stats_nodes", "stats_state", "stats_totals", "task_events", "task_outbox",
-                                    "tasks"]
+    flow = ["flow_buckets", "flow_edges", "flow_limits", "flow_parked", "flow_reserved", "flow_slots", "flow_steps",
+            "flow_workflows"]  # flow control's (migration 0006)
+    assert [r[0] for r in rows] == [*flow, "nodes", "schema_migrations", "stats_buckets", "stats_counts",
+                                    "stats_minutes", "stats_nodes", "stats_state", "stats_totals", "task_events",
+                                    "task_outbox", "tasks"]
 
 
 def test_eight_threads_racing_one_compare_and_set_have_exactly_one_winner_each_round(

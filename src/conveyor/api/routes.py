@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from conveyor.api.auth import bearer_scheme
-from conveyor.api.handlers import cluster, console, foreign, ops, tasks
+from conveyor.api.handlers import cluster, console, flow, foreign, ops, tasks
 from conveyor.api.schemas import ERROR_RESPONSES
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ def build_router() -> APIRouter:
     api.include_router(cluster.router)
     api.include_router(console.router)
     api.include_router(foreign.router)
+    api.include_router(flow.router)
     root = APIRouter()
     root.include_router(api)
     for router in optional_routers():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import (
@@ -176,6 +176,13 @@ class TaskIn(BaseModel):
     timeout: StrictFloat | None = Field(None, gt=0, le=MAX_TIMEOUT_S, description="Seconds per attempt.")
     idempotency_key: IdempotencyKey | None = Field(
         None, description="A repeated key returns the first task (HTTP 200) instead of a new one.")
+    unique_key: IdempotencyKey | None = Field(
+        None, description="While a task with this key is waiting or running, a submit returns it (HTTP 200) "
+                          "instead of a new one; free again once it finished (docs/flow-control.md).")
+    route: Literal["fair", "key"] | None = Field(
+        None, description="fair (any worker of the queue) or key (the node a hash of route_key's param picks); "
+                          "default: the type's. Broadcast and sharded: POST /api/v1/workflows:broadcast|sharded.")
+    route_key: FilterText | None = Field(None, description="route=key: the param whose value picks the node.")
 
     @field_validator("eta")
     @classmethod
@@ -189,6 +196,7 @@ class TaskIn(BaseModel):
             type=self.type, params=self.params, queue=self.queue, priority=self.priority,
             eta=self.eta.timestamp() if self.eta else None, delay_s=self.delay,
             max_attempts=self.max_attempts, timeout=self.timeout, idempotency_key=self.idempotency_key,
+            unique_key=self.unique_key, route=self.route, route_key=self.route_key,
         )
 
 
@@ -227,6 +235,8 @@ class TaskOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     crashes: int
+    flow: dict[str, Any] | None = Field(
+        None, description="Flow control (docs/flow-control.md): unique_key, workflow and step, route, node, shard.")
 
 
 class SubmittedOut(TaskOut):

@@ -204,7 +204,7 @@ class HttpBackend:
         body = {k: v for k, v in {
             "type": request.type, "params": request.params, "queue": request.queue, "priority": request.priority,
             "delay": request.delay_s, "max_attempts": request.max_attempts, "timeout": request.timeout,
-            "idempotency_key": request.idempotency_key}.items() if v is not None}
+            "idempotency_key": request.idempotency_key, "unique_key": request.unique_key}.items() if v is not None}
         result: dict[str, Any] = self._call("POST", "/api/v1/tasks", json=body)
         return result
 

@@ -52,6 +52,8 @@ _LAZY = {
     "retry": "conveyor.cli.operate", "purge": "conveyor.cli.operate", "dead": "conveyor.cli.operate",
     "scheduler": "conveyor.cli.scheduler", "schedule": "conveyor.cli.scheduler",
     "adopt": "conveyor.cli.adopt",
+    "workflow": "conveyor.cli.flow", "workflows": "conveyor.cli.flow", "broadcast": "conveyor.cli.flow",
+    "shard": "conveyor.cli.flow", "limits": "conveyor.cli.flow", "limit": "conveyor.cli.flow",
 }
 
 

@@ -87,6 +87,7 @@ def finish(ctx: CliContext, task: dict[str, Any]) -> None:
 @click.option("--max-attempts", type=click.IntRange(1, MAX_ATTEMPTS))
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds per attempt.")
 @click.option("--idempotency-key")
+@click.option("--unique-key", help="No new task while one with this key waits or runs (docs/flow-control.md).")
 @click.option("--wait", is_flag=True, help="Wait for the task to finish; print its result or error (exit 1 if it "
                                             "failed, 3 if still running at --wait-timeout).")
 @click.option("--wait-timeout", type=click.FloatRange(0), default=60.0, show_default=True)
@@ -94,7 +95,7 @@ def finish(ctx: CliContext, task: dict[str, Any]) -> None:
 @click.pass_obj
 def submit(ctx: CliContext, task_type: str, params: str, queue: str | None, priority: int | None,
            delay: float | None, max_attempts: int | None, timeout: float | None,
-           idempotency_key: str | None, wait: bool, wait_timeout: float) -> None:
+           idempotency_key: str | None, unique_key: str | None, wait: bool, wait_timeout: float) -> None:
     """Submit a task of TYPE."""
     try:
         parsed = loads(params)
@@ -103,7 +104,8 @@ def submit(ctx: CliContext, task_type: str, params: str, queue: str | None, prio
     if not isinstance(parsed, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--params")
     request = SubmitRequest(type=task_type, params=parsed, queue=queue, priority=priority, delay_s=delay,
-                            max_attempts=max_attempts, timeout=timeout, idempotency_key=idempotency_key)
+                            max_attempts=max_attempts, timeout=timeout, idempotency_key=idempotency_key,
+                            unique_key=unique_key)
     with ctx.backend() as backend:
         try:
             task = backend.submit(request)

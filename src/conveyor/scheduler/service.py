@@ -50,6 +50,7 @@ from typing import Any
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, SerializationError
+from conveyor.flow.hooks import sweep as flow_sweep
 from conveyor.model import iso
 from conveyor.scheduler.nodewatch import sweep_expired, watch_nodes
 from conveyor.scheduler.schedule_store import ScheduleStore
@@ -201,6 +202,8 @@ class SchedulerService:
         try:
             watch_nodes(store, publish, self.settings, self.clock())
             sweep_expired(store, publish, self.settings)
+            flow_sweep(store, publish, max_crashes=self.settings.max_crashes,  # docs/flow-control.md
+                       heartbeat_s=self.settings.heartbeat_s)
         except ConveyorError as exc:
             log.warning("node watch failed: %s", exc, extra={"action": "node_watch"})
 

@@ -239,7 +239,7 @@ class PostgresStore:
         with _driver_errors("create"):
             inserted = self._writes.call((_INSERT_SQL, params))
         # Only a conflict (idempotency key, or an id already adopted) inserts nothing without raising.
-        return (task, True) if inserted is not None else self._created(task)
+        return (task, True) if inserted is not None else self._created(task, detail, publish)
 
     @_once_more_if_the_connection_died
     def create_many(self, tasks: Sequence[Task], *, detail: str | None = None,
@@ -251,7 +251,7 @@ class PostgresStore:
         for task, row in zip(tasks, written, strict=True):
             if isinstance(row, BaseException):
                 raise row
-            results.append((task, True) if row is not None else self._created(task))
+            results.append((task, True) if row is not None else self._created(task, detail, publish))
         return results
 
     def _existing(self, task: Task) -> Task:
@@ -259,9 +259,17 @@ class PostgresStore:
             return self.get(task.id)
         return self._by_key(task)
 
-    def _created(self, task: Task) -> tuple[Task, bool]:
+    def _created(self, task: Task, detail: str | None = None, publish: bool = True) -> tuple[Task, bool]:
         """Nothing was inserted: another task holds the key, or this very task (same id) is
         there already (an insert whose answer was lost, tried again)."""
+        if task.flow is not None:  # maybe a unique key (docs/flow-control.md)
+            from conveyor.store.postgres_flow import existing_task
+
+            with _driver_errors("create"), self._pool.connection() as conn:
+                found = existing_task(conn, task)
+            if found is None:  # the task holding its unique key finished in between: the key is free
+                return self.create(task, detail=detail, publish=publish)
+            return found, found == task.replace(version=found.version)
         existing = self._existing(task)
         return existing, existing == task.replace(version=existing.version)
 
@@ -351,6 +359,19 @@ class PostgresStore:
         with _driver_errors("renew_leases"), self._by_key_lookups() as conn:
             rows = conn.execute(batch.RENEW_SQL, batch.renew_params(leases, node, lease_s)).fetchall()
         return {row[0] for row in rows}
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in autocommit (flow control's reads: ``flow.tx.flow_reading``)."""
+        with _driver_errors("read"), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection inside one transaction, for flow control's multi-statement writes
+        (``store/postgres_flow.py``); plans look tasks up by primary key as in ``claim_many``."""
+        with _driver_errors("transaction"), self._by_key_lookups() as conn:
+            yield conn
 
     @contextmanager
     def _by_key_lookups(self) -> Iterator[psycopg.Connection[Any]]:

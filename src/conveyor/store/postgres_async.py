@@ -101,6 +101,11 @@ class AsyncPostgres:
             if pool is not None:
                 await pool.close()
 
+    def pool(self) -> asyncpg.Pool:
+        """The pool itself, for flow control's multi-statement transactions (postgres_async_flow.py)."""
+        assert self._pool is not None
+        return self._pool
+
     async def ensure_schema(self) -> None:
         """Apply pending migrations (with psycopg, only if any is pending: the worker need not
         load a second driver to find out)."""
@@ -244,6 +249,7 @@ class LoopStore:
     def __init__(self, db: AsyncPostgres, loop: asyncio.AbstractEventLoop, timeout_s: float = 60.0) -> None:
         self.db = db
         self.url = db.url
+        self.loop = loop  # flow control's transactions run their statements here (postgres_async_flow.py)
         self._loop = loop
         self._timeout_s = timeout_s
 

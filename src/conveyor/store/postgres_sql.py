@@ -16,7 +16,7 @@ _FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Task))
 _COLS = ", ".join(_FIELDS)  # table columns in Task field order: a row is Task(*row)
 _STATUS_AT = _FIELDS.index("status")
 _STATUSES = {s.value: s for s in TaskStatus}
-_JSON_FIELDS = frozenset({"params", "result", "error"})
+_JSON_FIELDS = frozenset({"params", "result", "error", "flow"})
 _JSON_AT = tuple(i for i, name in enumerate(_FIELDS) if name in _JSON_FIELDS)
 # Identity, the CAS token, and status (written through to_status) are never plain changes.
 _CHANGEABLE = frozenset(_FIELDS) - {"id", "status", "version"}

@@ -23,6 +23,7 @@ from conveyor._sqlite import SqliteFile
 from conveyor.errors import ConcurrentUpdate, StoreError, TaskNotFound
 from conveyor.message import dumps
 from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus, check_transition
+from conveyor.store import sqlite_flow
 from conveyor.store.base import CLAIM_EARLY_SLACK_S, Outcome
 
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-variable limit
@@ -34,7 +35,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     max_attempts INTEGER NOT NULL, timeout REAL, eta REAL, idempotency_key TEXT UNIQUE,
     result TEXT, error TEXT, node TEXT, created_at REAL NOT NULL, queued_at REAL,
     started_at REAL, finished_at REAL, lease_until REAL, crashes INTEGER NOT NULL,
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL, flow TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_status_id ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_type_id ON tasks (type, id);
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS nodes (
 
 # Task fields in column order; the JSON ones are stored as text.
 _COLUMNS = tuple(f.name for f in dataclasses.fields(Task))
-_JSON_COLUMNS = frozenset({"params", "result", "error"})
+_JSON_COLUMNS = frozenset({"params", "result", "error", "flow"})
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM tasks"
 _INSERT = (
     f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
@@ -138,6 +139,7 @@ class SqliteStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self._db = SqliteFile(url, StoreError, "store", _SCHEMA)
+        sqlite_flow.migrate(self._db)  # flow control's tables (docs/flow-control.md)
 
     def now(self) -> float:
         """The embedded store lives on one machine: its clock is the machine's."""
@@ -169,9 +171,13 @@ class SqliteStore:
                 publish: bool) -> tuple[Task, bool]:
         values = [_encode(c, getattr(task, c)) for c in _COLUMNS]
         if conn.execute(_INSERT, values).rowcount == 0:
+            row = None
             if task.idempotency_key is not None:
                 row = conn.execute(f"{_SELECT} WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
-            else:
+            unique = (task.flow or {}).get("unique_key")
+            if row is None and unique is not None:  # a unique task (docs/flow-control.md)
+                row = conn.execute(f"{_SELECT} WHERE {sqlite_flow.ACTIVE_UNIQUE_WHERE}", (unique,)).fetchone()
+            if row is None and task.idempotency_key is None:
                 row = conn.execute(f"{_SELECT} WHERE id = ?", (str(task.id),)).fetchone()
             if row is None:  # pragma: no cover - only the key or id conflict is ignored
                 raise StoreError(f"task {task.id} was not inserted")
@@ -200,16 +206,22 @@ class SqliteStore:
     ) -> Task:
         """Compare-and-set on ``version``. ``node``, when given, is written to the task and
         recorded on the event; ``changes`` are other Task fields."""
+        with self._db.transaction() as conn:
+            return self.update_in(conn, task, to_status, node=node, detail=detail, publish=publish, **changes)
+
+    def update_in(self, conn: sqlite3.Connection, task: Task, to_status: TaskStatus | None, *,
+                  node: str | None = None, detail: str | None = None, publish: bool = False,
+                  **changes: Any) -> Task:
+        """``update`` inside the caller's transaction."""
         unknown = set(changes) - _CHANGEABLE
         if unknown:
             raise TypeError(f"update() cannot change {sorted(unknown)}")
         if to_status is not None:
             check_transition(task.id, task.status, to_status)
-        with self._db.transaction() as conn:
-            written = self._write(conn, task, to_status, node, detail, changes)
-            if publish:
-                conn.execute(_OUTBOX, (str(written.id), written.version, time.time()))
-            return written
+        written = self._write(conn, task, to_status, node, detail, changes)
+        if publish:
+            conn.execute(_OUTBOX, (str(written.id), written.version, time.time()))
+        return written
 
     def _write(self, conn: sqlite3.Connection, task: Task, to_status: TaskStatus | None, node: str | None,
                detail: str | None, changes: dict[str, Any]) -> Task:

@@ -13,6 +13,7 @@ one transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ from typing import Any, Protocol, TypeVar
 
 from conveyor import message
 from conveyor.errors import ConveyorError, SerializationError
+from conveyor.flow.hooks import FlowHooks
+from conveyor.flow.limits import Held
+from conveyor.flow.routing import NODE_QUEUE_PREFIX
 from conveyor.message import Message
 from conveyor.model import Task, TaskStatus
 from conveyor.store.base import Outcome, Store
@@ -51,6 +55,8 @@ class Claimed:
     message: Message | None = None
     task: Task | None = None
     error: str | None = None
+    hold: Held | None = None  # flow control held the task back (docs/flow-control.md): it waits, without a slot
+    hold_s: float | None = None  # ... its delivery goes back to the broker for this long (None: parked, ack it)
 
 
 @dataclass(eq=False, slots=True)
@@ -70,11 +76,10 @@ def decode(arrival: Arrival) -> Claimed:
         msg = message.decode(arrival.body)
     except SerializationError as exc:
         return Claimed(arrival, error=f"malformed message: {exc}")
-    if msg.queue != arrival.queue:
+    if msg.queue != arrival.queue and not arrival.queue.startswith(NODE_QUEUE_PREFIX):  # a node's own queue
         log.info("task %s names queue %r but came from %r: the delivery's queue wins", msg.id, msg.queue,
                  arrival.queue, extra={"task_id": str(msg.id), "queue": arrival.queue})
-        msg = Message(msg.id, msg.type, msg.params, arrival.queue, msg.priority, msg.attempt, msg.max_attempts,
-                      msg.timeout, msg.eta, msg.trace)
+        msg = dataclasses.replace(msg, queue=arrival.queue)
     return Claimed(arrival, msg)
 
 
@@ -82,12 +87,13 @@ def started_task(msg: Message, node: str, version: int) -> Task:
     """The task a claim started, as the worker needs it: all of it came with the message."""
     return Task(type=msg.type, params=msg.params, id=msg.id, queue=msg.queue, priority=msg.priority,
                 status=TaskStatus.RUNNING, attempts=msg.attempt, max_attempts=msg.max_attempts, timeout=msg.timeout,
-                eta=msg.eta, node=node, version=version)
+                eta=msg.eta, node=node, version=version, flow=msg.flow)
 
 
 class Backend(Protocol):
     store: Store  # the synchronous store, for the rare paths (run in a thread)
     lease_based: bool  # deliveries are held by a renewable lease (else: acked early when long)
+    flow: FlowHooks | None  # flow control (docs/flow-control.md); open_backend always sets it
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None: ...
 
@@ -106,6 +112,11 @@ class Backend(Protocol):
     async def ack(self, arrivals: Sequence[Arrival]) -> None: ...
 
     async def requeue(self, arrival: Arrival, delay_s: float) -> None: ...
+
+    def retake(self, arrival: Arrival) -> None:
+        """Put a delivery this node held back (flow control: a wait of under a second for a
+        rate limit) in front of those the next cycle takes."""
+        ...
 
     async def dead_letter(self, arrival: Arrival, reason: str) -> None: ...
 
@@ -211,10 +222,11 @@ class PortLedger:
 class SplitBackend:
     """A backend from an intake and a ledger (see the module docstring)."""
 
-    def __init__(self, intake: Intake, ledger: Ledger, store: Store) -> None:
+    def __init__(self, intake: Intake, ledger: Ledger, store: Store, flow: FlowHooks | None = None) -> None:
         self.intake = intake
         self.ledger = ledger
         self.store = store
+        self.flow = flow
         self.lease_based = intake.lease_based
         self._store_thread = StoreThread(store)
         self._background: set[asyncio.Task[None]] = set()
@@ -232,9 +244,14 @@ class SplitBackend:
         finishing = {f.outcome.task_id for f in finished}
         # A copy of a task being finished in this very cycle waits for the next (one row, one write).
         valid = [c for c in claimed if c.message is not None and c.message.id not in finishing]
+        released: list[Task] = []
         try:
-            written, started = await self.ledger.cycle(finished, [c.message for c in valid if c.message], node,
-                                                       lease_s)
+            if self.flow is not None and self.flow.involved(finished, valid):  # one transaction of its own
+                written, started, released = await self._store_thread.call(self.flow.cycle, self.store, finished,
+                                                                           valid, node, lease_s)
+            else:
+                written, started = await self.ledger.cycle(finished, [c.message for c in valid if c.message], node,
+                                                           lease_s)
         except BaseException:
             self.intake.untake(arrivals)
             raise
@@ -242,8 +259,8 @@ class SplitBackend:
             c.task = task
         await self.intake.ack([f.arrival for f, w in zip(finished, written, strict=True) if w is not None and f.ack])
         retries = [w for w in written if w is not None and w.status is TaskStatus.RETRYING]
-        if retries:
-            self._spawn(self.publish(retries))
+        if retries or released:
+            self._spawn(self.publish(retries + released))
         return written, claimed
 
     async def ack(self, arrivals: Sequence[Arrival]) -> None:
@@ -251,6 +268,9 @@ class SplitBackend:
 
     async def requeue(self, arrival: Arrival, delay_s: float) -> None:
         await self.intake.requeue(arrival, delay_s)
+
+    def retake(self, arrival: Arrival) -> None:
+        self.intake.untake([arrival])
 
     async def dead_letter(self, arrival: Arrival, reason: str) -> None:
         await self.intake.dead_letter(arrival, reason)

@@ -48,7 +48,15 @@ class Later:
     reason: str
 
 
-Decision = Run | Drop | Later
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """A limited task taken over from a dead node: it needs a new message (claimed through its
+    limits when it arrives); drop this delivery."""
+
+    task: Task
+
+
+Decision = Run | Drop | Later | Republish
 
 
 def claim(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes: int) -> Decision:
@@ -59,14 +67,16 @@ def claim(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes:
     return decide(store, msg, node, lease_s=lease_s, max_crashes=max_crashes)
 
 
-def decide(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes: int) -> Decision:
+def decide(store: Store, msg: Message, node: str, *, lease_s: float, max_crashes: int,
+           gated: bool = False) -> Decision:
     """The slow path, for a message ``claim_many`` did not start: adopt an unknown task, drop
     a finished or stale one, wait for a live lease or an eta, take over an expired lease. The
-    caller must not ask for a task it is running already (a duplicate delivery)."""
+    caller must not ask for a task it is running already (a duplicate delivery). A ``gated``
+    task (flow control's limits) is never started here: only its limits' claim starts it."""
     task = _load_or_adopt(store, msg)
     for _ in range(_CAS_TRIES):
         try:
-            return _decide(store, task, msg.attempt, node, lease_s=lease_s, max_crashes=max_crashes)
+            return _decide(store, task, msg.attempt, node, lease_s=lease_s, max_crashes=max_crashes, gated=gated)
         except ConcurrentUpdate:
             task = store.get(msg.id)
     return Later(0.5, "contended")
@@ -83,7 +93,8 @@ def _load_or_adopt(store: Store, msg: Message) -> Task:
         return task
 
 
-def _decide(store: Store, task: Task, attempt: int, node: str, *, lease_s: float, max_crashes: int) -> Decision:
+def _decide(store: Store, task: Task, attempt: int, node: str, *, lease_s: float, max_crashes: int,
+            gated: bool = False) -> Decision:
     at = store.now()
     if task.status.is_final:
         return Drop(f"task already {task.status.value}")
@@ -98,11 +109,15 @@ def _decide(store: Store, task: Task, attempt: int, node: str, *, lease_s: float
         task = take_over(store, task, max_crashes=max_crashes)
         if task.status.is_final:
             return Drop("failed as crashed")
+        if gated:
+            return Republish(task)
         run_as = max(attempt, task.attempts + 1)  # whichever copy rescued it runs the next attempt
     elif attempt <= task.attempts:
         return Drop(f"superseded: task is at attempt {task.attempts}, this delivery is for attempt {attempt}")
     if task.status in (TaskStatus.SCHEDULED, TaskStatus.RETRYING) and task.eta and task.eta > at + CLAIM_EARLY_SLACK_S:
         return Later(task.eta - at, "not due yet")
+    if gated:
+        return Later(0.2, "limited: started only through its limits")
     started = store.update(
         task, TaskStatus.RUNNING, node=node, detail=f"attempt {run_as}",
         attempts=run_as, started_at=at, lease_until=at + lease_s, finished_at=None,

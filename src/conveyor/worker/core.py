@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor import log as log_context
 from conveyor import tracing
-from conveyor.context import TaskContext, set_current
+from conveyor.context import TaskContext, flow_context, set_current
 from conveyor.errors import ConveyorError, TaskNotFound
 from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.recovery import recover_expired, republish_unpublished
 from conveyor.store.base import Outcome
 from conveyor.task import TaskSpec
 from conveyor.worker.backend import Arrival, Backend, Claimed, Finished
-from conveyor.worker.claim import Drop, Later, Run, decide
+from conveyor.worker.claim import Drop, Later, Republish, Run, decide
 from conveyor.worker.executor import HandlerThreads, run_async
 from conveyor.worker.outcome import decide_outcome
 
@@ -55,6 +55,7 @@ TAKE_WAIT_S = 0.2
 GATHER_MAX_S = 0.002
 RETRY_PAUSE_S = 0.1
 RECORD_RETRY_MAX_S = 0.5  # a store back after an outage gets the outcomes before the leases lapse further
+LOCAL_HOLD_S = 1.0  # flow control: shorter waits for a rate limit are held on the node, not in the broker
 
 
 @dataclass(eq=False)
@@ -110,7 +111,9 @@ class WorkerCore:
         # Beyond its slots a node holds a bounded number of deliveries (fair dispatch), as many as
         # its slots by default: enough that each cycle finds a full batch waiting.
         prefetch = self.settings.prefetch if self.settings.prefetch is not None else self.worker.concurrency
-        await self.backend.start(self.worker.queues, self.worker.concurrency, prefetch)
+        await self.backend.start(self.worker.consumed_queues, self.worker.concurrency, prefetch)
+        if self.backend.flow is not None:  # record the app's declared limits (docs/flow-control.md)
+            await self._store_call(self.backend.flow.start, self.backend.store)
         await self.heartbeat()
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._cycle_loop()), loop.create_task(self._keep_loop())]
@@ -222,6 +225,9 @@ class WorkerCore:
                       extra={"queue": arrival.queue, "action": "dead_letter"})
             self._spawn(self.backend.dead_letter(arrival, claimed.error or "malformed message"))
             return
+        if claimed.hold is not None:  # flow control held it back: it waits in the store or the broker
+            self._spawn(self._settle_hold(claimed))
+            return
         self._free -= 1
         if claimed.task is not None:
             self._start(claimed.task, arrival)
@@ -236,9 +242,11 @@ class WorkerCore:
             self._release_slot()
             await _logged(self.backend.requeue(arrival, settings.lease_s), "requeue")
             return
+        flow = self.backend.flow
         try:
             decision = await self._store_call(decide, self.backend.store, msg, self.node,
-                                              lease_s=settings.lease_s, max_crashes=settings.max_crashes)
+                                              lease_s=settings.lease_s, max_crashes=settings.max_crashes,
+                                              gated=flow is not None and flow.gates(msg))
         except ConveyorError as exc:
             log.warning("store unavailable for task %s: %s; will retry", msg.id, exc,
                         extra={"task_id": str(msg.id), "worker": self.node})
@@ -252,8 +260,39 @@ class WorkerCore:
         if isinstance(decision, Drop):
             log.debug("dropping delivery of task %s: %s", msg.id, decision.reason)
             await _logged(self.backend.ack([arrival]), "ack")
+        elif isinstance(decision, Later) and flow is not None and flow.gates(msg):
+            await self._wait_then_claim(arrival, decision.delay_s)  # a limited task due in a moment
         elif isinstance(decision, Later):
             await _logged(self.backend.requeue(arrival, decision.delay_s), "requeue")
+        elif isinstance(decision, Republish):  # a limited task taken over: its next message goes through its limits
+            await _logged(self.backend.publish([decision.task]), "publish")
+            await _logged(self.backend.ack([arrival]), "ack")
+
+    async def _settle_hold(self, claimed: Claimed) -> None:
+        """After the cycle that held it back committed: a parked task's delivery is acked (the
+        store releases the task later), a deferred one's goes back until its start time."""
+        hold = claimed.hold
+        assert hold is not None
+        log.debug("task %s: %s", claimed.message.id if claimed.message else "?", hold.reason,
+                  extra={"worker": self.node, "action": "held"})
+        if claimed.hold_s is None:
+            await _logged(self.backend.ack([claimed.arrival]), "ack")
+        else:
+            await self._wait_then_claim(claimed.arrival, claimed.hold_s)
+
+    async def _wait_then_claim(self, arrival: Arrival, delay_s: float) -> None:
+        """A wait of under a second (a rate limit's start time) is held here, without a slot:
+        a broker's delay would round it up (RabbitMQ: to 100 ms steps) and make starts bunch.
+        Longer waits go back to the broker."""
+        if delay_s >= LOCAL_HOLD_S or self._stopping.is_set():
+            await _logged(self.backend.requeue(arrival, delay_s), "requeue")
+            return
+        await asyncio.sleep(delay_s)
+        if self._stopping.is_set():
+            await _logged(self.backend.requeue(arrival, 0.0), "requeue")
+            return
+        self.backend.retake(arrival)
+        self._finished_ready.set()  # wake the cycle: it takes the delivery again
 
     # -- run --------------------------------------------------------------------------------
     def _start(self, task: Task, arrival: Arrival) -> None:
@@ -283,7 +322,8 @@ class WorkerCore:
         context = contextvars.copy_context()
         context.run(set_current, TaskContext(id=task.id, type=task.type, attempt=task.attempts,
                                              max_attempts=task.max_attempts, node=self.node,
-                                             cancel_requested=flight.cancelled))
+                                             cancel_requested=flight.cancelled,
+                                             **(flow_context(task.flow) if task.flow else {})))
         # The handler's own log lines carry the task (conveyor.log); its spans nest under the run's.
         context.run(log_context.set_fields, task_id=task.id, type=task.type, queue=task.queue)
         if flight.span is not None:
@@ -305,7 +345,7 @@ class WorkerCore:
             pool = self.worker.process_pool
             if pool is not None and self._pool_calls is not None:
                 context = {"id": str(task.id), "attempt": task.attempts, "max_attempts": task.max_attempts,
-                           "node": self.node}
+                           "node": self.node, "flow": task.flow}
                 result = await asyncio.get_running_loop().run_in_executor(
                     self._pool_calls, pool.run, task.type, task.params, timeout, context, flight.cancelled)
             else:
@@ -411,7 +451,7 @@ class WorkerCore:
         tick = max(0.05, min(settings.heartbeat_s, settings.lease_s / 3))
         while True:
             await asyncio.sleep(tick)
-            for step in (self._renew, self._maybe_heartbeat, self._maybe_reap):
+            for step in (self._renew, self._maybe_heartbeat, self._maybe_reap, self._flow_upkeep):
                 try:
                     await step()
                 except ConveyorError as exc:  # a store/broker hiccup must not stop the keeper
@@ -450,7 +490,7 @@ class WorkerCore:
 
         def beat() -> None:
             store.upsert_node(NodeInfo(
-                id=worker.node_id, host=socket.gethostname(), pid=os.getpid(), queues=worker.queues,
+                id=worker.node_id, host=socket.gethostname(), pid=os.getpid(), queues=worker.consumed_queues,
                 concurrency=worker.concurrency, started_at=worker.started_at, last_heartbeat=store.now(),
                 status=state, in_flight=len(self.flights), done=worker.done,
             ))
@@ -472,6 +512,18 @@ class WorkerCore:
         await self._store_call(recover_expired, store, publish, lease_s=settings.lease_s,
                                max_crashes=settings.max_crashes)
         await self._store_call(republish_unpublished, store, publish, grace_s=settings.outbox_grace_s)
+
+    async def _flow_upkeep(self) -> None:
+        """Flow control's sweep, when due (``flow/hooks.py``): nothing to do for an app without it."""
+        flow = self.backend.flow
+        if flow is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def publish(tasks: Sequence[Task]) -> None:  # called on a store thread
+            asyncio.run_coroutine_threadsafe(self.backend.publish(tasks), loop).result(60)
+
+        await self._store_call(flow.upkeep, self.backend.store, publish)
 
     # -- helpers ------------------------------------------------------------------------------
     async def _store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

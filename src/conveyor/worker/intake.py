@@ -23,6 +23,7 @@ import aiormq.abc
 from conveyor.broker._amqp_loop import AmqpLink, Incoming, Outgoing, Subscription
 from conveyor.broker.base import Broker, Consumer, Delivery
 from conveyor.broker.rabbitmq import outgoing, quantize_delay_ms
+from conveyor.flow.routing import NODE_QUEUE_PREFIX
 from conveyor.model import Task
 from conveyor.publisher import publish_item, publish_tasks
 from conveyor.worker.backend import Arrival, StoreThread
@@ -48,13 +49,18 @@ class AmqpIntake:
         self._buffer: collections.deque[Arrival] = collections.deque()
         self._arrived = asyncio.Event()
         self._subscription: Subscription | None = None
+        self._own: Subscription | None = None  # the node's own queue (routing), on a channel of its own
         self._channels: dict[aiormq.abc.AbstractChannel, _Tags] = {}
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None:
         await self.link.connect()
         for queue in queues:
             await self.link.ensure_queue(queue)
+        own = [q for q in queues if q.startswith(NODE_QUEUE_PREFIX)]
+        queues = [q for q in queues if not q.startswith(NODE_QUEUE_PREFIX)]
         self._subscription = await self.link.consume(queues, concurrency + prefetch, self._on_message)
+        if own:  # apart: the queues' consumer keeps its per-consumer prefetch (cheaper than a channel-wide one)
+            self._own = await self.link.consume(own, max(1, prefetch), self._on_message)
 
     def _on_message(self, incoming: Incoming) -> None:
         tags = self._channels.get(incoming.channel)
@@ -74,6 +80,7 @@ class AmqpIntake:
 
     def untake(self, arrivals: Sequence[Arrival]) -> None:
         self._buffer.extendleft(reversed(arrivals))
+        self._arrived.set()
 
     async def take(self, max_n: int) -> list[Arrival]:
         taken: list[Arrival] = []
@@ -150,8 +157,9 @@ class AmqpIntake:
         await self.link.publish_all(outgoing(publish_item(t, now) for t in tasks))
 
     async def stop_taking(self) -> None:
-        if self._subscription is not None:
-            await self.link.cancel(self._subscription)
+        for subscription in (self._subscription, self._own):
+            if subscription is not None:
+                await self.link.cancel(subscription)
         while self._buffer:
             arrival = self._buffer.popleft()
             await self.requeue(arrival, 0.0)
@@ -173,11 +181,16 @@ class PortIntake:
         self._consumer: Consumer | None = None
         self._thread = StoreThread(broker)  # type: ignore[arg-type]  # any object: one call at a time
         self._waiting: list[Arrival] = []  # received by ``wait``, not yet taken
+        self._own: Consumer | None = None
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None:
         for queue in queues:
             await self._call(self.broker.declare_queue, queue)
+        own = [q for q in queues if q.startswith(NODE_QUEUE_PREFIX)]
+        queues = [q for q in queues if not q.startswith(NODE_QUEUE_PREFIX)]
         self._consumer = await self._call(self.broker.consume, queues, prefetch=concurrency + prefetch)
+        if own:  # the node's own queue (routing), by a consumer of its own
+            self._own = await self._call(self.broker.consume, own, prefetch=max(1, prefetch))
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await self._thread.call(fn, *args, **kwargs)
@@ -198,12 +211,16 @@ class PortIntake:
         assert consumer is not None
         taken, self._waiting = self._waiting[:max_n], self._waiting[max_n:]
 
+        own = self._own
+
         def more(n: int) -> list[Delivery]:
             got: list[Delivery] = []
             while len(got) < n:
                 delivery = consumer.get(0.0)
                 if delivery is None:
-                    break
+                    delivery = own.get(0.0) if own is not None else None
+                    if delivery is None:
+                        break
                 got.append(delivery)
             return got
 
@@ -238,8 +255,9 @@ class PortIntake:
         await self._call(publish_tasks, self.broker, tasks, at=now)
 
     async def stop_taking(self) -> None:
-        if self._consumer is not None:
-            await self._call(self._consumer.close)
+        for consumer in (self._consumer, self._own):
+            if consumer is not None:
+                await self._call(consumer.close)
 
     async def close(self) -> None:
         self._thread.close()

@@ -124,11 +124,12 @@ def _child_main(app_ref: str, conn: Connection) -> None:
 
 
 def _run_one(app: Any, request: dict[str, Any]) -> bytes:
-    from conveyor.context import TaskContext, reset_current, set_current
+    from conveyor.context import TaskContext, flow_context, reset_current, set_current
 
     ctx = request.get("context") or {}
     token = set_current(TaskContext(id=uuid.UUID(ctx["id"]), type=request["type"], attempt=ctx["attempt"],
-                                    max_attempts=ctx["max_attempts"], node=ctx["node"])) if ctx else None
+                                    max_attempts=ctx["max_attempts"], node=ctx["node"],
+                                    **flow_context(ctx.get("flow")))) if ctx else None
     try:
         handler = app.registry.get(request["type"]).handler
         result = handler(**request["params"])

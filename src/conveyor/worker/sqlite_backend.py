@@ -23,30 +23,38 @@ from collections.abc import Sequence
 
 from conveyor.broker import sqlite as broker_sql
 from conveyor.embedded import SqliteTogether
+from conveyor.flow.hooks import FlowHooks
+from conveyor.flow.routing import NODE_QUEUE_PREFIX
 from conveyor.model import Task, TaskStatus
 from conveyor.publisher import publish_item
+from conveyor.store.sqlite_flow import SqliteFlowTx
 from conveyor.worker.backend import Arrival, Claimed, Finished, StoreThread, decode
 
 _MIN_PAUSE_S = 0.002
+OWN_LOOK_S = 0.1  # how often the node's own queue (routing: docs/flow-control.md) is looked at
 _MAX_PAUSE_S = 0.1
 
 
 class SqliteBackend:
     lease_based = True
 
-    def __init__(self, together: SqliteTogether, *, lease_s: float) -> None:
+    def __init__(self, together: SqliteTogether, *, lease_s: float, flow: FlowHooks | None = None) -> None:
         self.store = together.store
+        self.flow = flow
         self._broker = together.broker
         self._lease_s = lease_s
         self._owner = uuid.uuid4().hex
         self._queues: tuple[str, ...] = ()
+        self._own_queues: tuple[str, ...] = ()  # the node's own queue (routing), looked at now and then
+        self._next_own_look = 0.0
         self._thread = StoreThread(self.store)
         self._buffer: collections.deque[broker_sql.Leased] = collections.deque()
         self._extra = 0
         self._pause = _MIN_PAUSE_S
 
     async def start(self, queues: Sequence[str], concurrency: int, prefetch: int) -> None:
-        self._queues = tuple(queues)
+        self._queues = tuple(q for q in queues if not q.startswith(NODE_QUEUE_PREFIX))
+        self._own_queues = tuple(q for q in queues if q.startswith(NODE_QUEUE_PREFIX))
         self._extra = prefetch
         for queue in queues:
             await self._thread.call(self._broker.declare_queue, queue)
@@ -91,7 +99,11 @@ class SqliteBackend:
         if not finished:
             return []
         outcomes = [dataclasses.replace(f.outcome, publish=False) for f in finished]  # messages go in here
-        written: list[Task | None] = self.store.finish_in(conn, outcomes, node)
+        if self.flow is not None and self.flow.involved(finished, ()):  # flow control: tracked outcomes
+            written, released = self.flow.finish(SqliteFlowTx(self.store, conn), finished, outcomes, node)
+            self._publish_in(conn, released)
+        else:
+            written = self.store.finish_in(conn, outcomes, node)
         now = time.time()
         retries = [publish_item(w, now) for w in written if w is not None and w.status is TaskStatus.RETRYING]
         if retries:
@@ -108,11 +120,21 @@ class SqliteBackend:
         room = take + self._extra - len(self._buffer)
         if room > 0:
             self._buffer.extend(broker_sql.lease_in(conn, self._owner, self._queues, room, self._lease_s))
+            if self._own_queues and time.monotonic() >= self._next_own_look and len(self._buffer) < take + self._extra:
+                # Apart from the queues' lease, and at most every OWN_LOOK_S: a lease over two
+                # queues could not read the index in order (it would sort the whole backlog).
+                self._next_own_look = time.monotonic() + OWN_LOOK_S
+                self._buffer.extend(broker_sql.lease_in(conn, self._owner, self._own_queues,
+                                                        take + self._extra - len(self._buffer), self._lease_s))
         leased = [self._buffer.popleft() for _ in range(min(take, len(self._buffer)))]
         claimed = [decode(Arrival(m.body, m.queue, m.redelivered, m)) for m in leased]
         valid = [c for c in claimed if c.message is not None and c.message.id not in finishing]
-        started = self.store.claim_in(conn, [(c.message.id, c.message.attempt) for c in valid  # type: ignore[union-attr]
-                                             ], node, lease_s)
+        if self.flow is not None and self.flow.involved((), valid):  # flow control: limited task types
+            started, taken_over = self.flow.claim(SqliteFlowTx(self.store, conn), valid, node, lease_s)
+            self._publish_in(conn, taken_over)
+        else:
+            started = self.store.claim_in(conn, [(c.message.id, c.message.attempt)  # type: ignore[union-attr]
+                                                 for c in valid], node, lease_s)
         for c, task in zip(valid, started, strict=True):
             c.task = task
         return claimed
@@ -127,6 +149,9 @@ class SqliteBackend:
             broker_sql.delete_in(conn, [a.handle.seq for a in arrivals], self._owner)
         for arrival in arrivals:
             arrival.settled = True
+
+    def retake(self, arrival: Arrival) -> None:
+        self._buffer.appendleft(arrival.handle)
 
     async def requeue(self, arrival: Arrival, delay_s: float) -> None:
         if not arrival.settled:
@@ -165,6 +190,11 @@ class SqliteBackend:
 
     def _publish_now(self, tasks: Sequence[Task]) -> None:
         with self.store.transaction() as conn:
+            self._publish_in(conn, tasks)
+
+    def _publish_in(self, conn: sqlite3.Connection, tasks: Sequence[Task]) -> None:
+        """The tasks' messages, in the caller's transaction: their outbox intents are fulfilled."""
+        if tasks:
             now = time.time()
             self._broker.insert_in(conn, [publish_item(t, now) for t in tasks])
             conn.executemany("DELETE FROM task_outbox WHERE task_id = ? AND version <= ?",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from conveyor._loop_thread import EventLoopThread
 from conveyor.config import Settings
+from conveyor.flow.routing import node_queue
 from conveyor.model import now
 from conveyor.worker.backend import Backend, Intake, PortLedger, SplitBackend
 from conveyor.worker.core import InFlight, WorkerCore
@@ -46,10 +47,13 @@ class Worker:
         if pool == "process" and app_ref is None:
             raise ValueError("--pool process needs the app reference (MODULE:APP)")
         self.app = app
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.queues = tuple(queues)
+        # Beside its queues, every node consumes its own (``_node.<id>``): tasks routed to it
+        # by a key, a broadcast or a shard (docs/flow-control.md).
+        self.consumed_queues = (*self.queues, node_queue(self.node_id))
         self.concurrency = max(1, concurrency)
         self.settings = settings or app.settings
-        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.started_at = now()
         self.done = 0
         self.process_pool: ProcessPool | None = None  # --pool process
@@ -141,7 +145,9 @@ async def open_backend(app: Conveyor, settings: Settings) -> Backend:
     the running loop. A broker or a PostgreSQL store given by URL is not opened through the app:
     the worker speaks AMQP and PostgreSQL on its own loop (and so never loads psycopg)."""
     from conveyor.embedded import together
+    from conveyor.flow.hooks import FlowHooks
 
+    flow = FlowHooks(app.registry, settings)  # flow control: a set lookup per task unless used
     broker_url, broker_obj = app.broker_source()
     store_url, store_obj = app.store_source()
     if broker_url.startswith("sqlite:") or (broker_obj is not None and not hasattr(broker_obj, "amqp_url")):
@@ -150,7 +156,7 @@ async def open_backend(app: Conveyor, settings: Settings) -> Backend:
         if fused is not None:
             from conveyor.worker.sqlite_backend import SqliteBackend
 
-            return SqliteBackend(fused, lease_s=settings.lease_s)
+            return SqliteBackend(fused, lease_s=settings.lease_s, flow=flow)
     intake = _intake(app, broker_url, broker_obj)
     if store_url.startswith(("postgresql:", "postgres:")):
         from conveyor.store.postgres_async import AsyncPostgres, LoopStore
@@ -159,9 +165,10 @@ async def open_backend(app: Conveyor, settings: Settings) -> Backend:
         db = AsyncPostgres(store_url)
         await db.open()
         await db.ensure_schema()
-        return SplitBackend(intake, PostgresLedger(db), LoopStore(db, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        return SplitBackend(intake, PostgresLedger(db), LoopStore(db, asyncio.get_running_loop()),  # type: ignore[arg-type]
+                            flow)
     store = store_obj or app.store
-    return SplitBackend(intake, PortLedger(store), store)
+    return SplitBackend(intake, PortLedger(store), store, flow)
 
 
 def _intake(app: Conveyor, broker_url: str, broker_obj: object | None) -> Intake:
