@@ -35,8 +35,8 @@ def all_final(cluster: Cluster, expected: int) -> bool:
 
 def drive(cluster: Cluster, scenario: str, *, tasks: int, sleep_s: float, faults: Sequence[Repeat],
           window_s: float, settle_s: float, notes: dict[str, Any] | None = None) -> Tally:
-    """Submit ``tasks`` chaos.work tasks while ``faults`` run; faults stop when the work is done or
-    ``window_s`` passed, whichever is first; then settle (bounded) and count."""
+    """Submit ``tasks`` chaos.work tasks while ``faults`` run; faults stop when the work is done and
+    each fault struck its ``min_runs``, or ``window_s`` passed; then settle (bounded) and count."""
     started = time.monotonic()
     submitter = Submitter(cluster.service, work_requests(tasks, scenario, sleep_s=sleep_s))
     submitter.start()
@@ -45,7 +45,8 @@ def drive(cluster: Cluster, scenario: str, *, tasks: int, sleep_s: float, faults
     try:
         deadline = started + window_s
         while time.monotonic() < deadline:
-            if not submitter.is_alive() and all_final(cluster, len(submitter.accepted)):
+            struck = all(f.runs >= f.min_runs for f in faults)
+            if struck and not submitter.is_alive() and all_final(cluster, len(submitter.accepted)):
                 break
             time.sleep(0.5)
     finally:

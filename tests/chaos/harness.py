@@ -135,8 +135,9 @@ class Repeat(threading.Thread):
     """Run ``action`` every ``every_s`` until stopped; counts runs and errors (a fault loop)."""
 
     def __init__(self, name: str, every_s: float, action: Callable[[], object], *, first_after_s: float | None = None,
-                 times: int | None = None) -> None:
+                 times: int | None = None, min_runs: int = 0) -> None:
         super().__init__(name=name, daemon=True)
+        self.min_runs = min_runs  # the drill keeps its window open until this many runs struck
         self.every_s = every_s
         self.action = action
         self.first_after_s = every_s if first_after_s is None else first_after_s

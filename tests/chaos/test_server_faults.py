@@ -36,7 +36,7 @@ def test_workers_sigkilled_and_restarted_every_3_s(cluster: Cluster) -> None:
         victim.kill_all()
         workers.append(cluster.start(f"w{next(spawned)}", concurrency=CONCURRENCY, wait_ready=False, app=CHAOS_APP))
 
-    kills = Repeat("kill", 3.0, kill_and_restart)
+    kills = Repeat("kill", 3.0, kill_and_restart, min_runs=3)
     tally = drive(cluster, "sigkill-workers", tasks=TASKS, sleep_s=scale(0.4, 0.05), faults=[kills],
                   window_s=scale(60, 900), settle_s=SETTLE_S)
     tally.publish()
@@ -56,7 +56,7 @@ def test_rabbitmq_connections_closed_every_5_s(cluster: Cluster) -> None:
             if conn_vhost.strip() == vhost:  # ours only: the server is shared
                 rabbitmqctl("close_connection", pid.strip(), "chaos: connection closed", timeout_s=30)
 
-    closes = Repeat("close", 5.0, close_our_connections, first_after_s=2.0)
+    closes = Repeat("close", 5.0, close_our_connections, first_after_s=2.0, min_runs=2)
     tally = drive(cluster, "rabbitmq-connections-closed", tasks=TASKS, sleep_s=scale(0.4, 0.03), faults=[closes],
                   window_s=scale(60, 900), settle_s=SETTLE_S)
     tally.publish()
@@ -76,9 +76,12 @@ def test_postgres_backends_terminated_every_5_s_and_refused_for_10_s(private_clu
         finally:
             private_pg.refuse_connections(database, False)
 
-    terminations = Repeat("terminate", 5.0, lambda: private_pg.terminate_backends(database))
-    refusal = Repeat("refuse", 0, refuse_for_10_s, first_after_s=scale(4, 20), times=1)
-    tally = drive(private_cluster, "postgres-terminated-and-refused", tasks=TASKS, sleep_s=scale(0.15, 0.05),
+    # The first termination strikes at 1 s and the work lasts ~10 s before the refusal stalls it,
+    # so at least two terminations land while tasks run (at 0.15 s a task, it ended before the first).
+    terminations = Repeat("terminate", 5.0, lambda: private_pg.terminate_backends(database), first_after_s=1.0,
+                          min_runs=2)
+    refusal = Repeat("refuse", 0, refuse_for_10_s, first_after_s=scale(4, 20), times=1, min_runs=1)
+    tally = drive(private_cluster, "postgres-terminated-and-refused", tasks=TASKS, sleep_s=scale(0.4, 0.05),
                   faults=[terminations, refusal], window_s=scale(70, 900), settle_s=SETTLE_S)
     tally.publish()
     assert terminations.runs >= 2 and refusal.runs == 1, "the faults did not strike the run"
@@ -93,8 +96,8 @@ def test_rabbitmq_stopped_and_started_mid_run(private_cluster: PrivateCluster, p
         time.sleep(scale(5, 15))
         private_rabbit.start()
 
-    stop_start = Repeat("stop_start", 0, outage, first_after_s=scale(3, 20), times=1)
-    tally = drive(private_cluster, "rabbitmq-stopped-and-started", tasks=TASKS, sleep_s=scale(0.1, 0.03),
+    stop_start = Repeat("stop_start", 0, outage, first_after_s=scale(3, 20), times=1, min_runs=1)
+    tally = drive(private_cluster, "rabbitmq-stopped-and-started", tasks=TASKS, sleep_s=scale(0.3, 0.03),
                   faults=[stop_start], window_s=scale(80, 900), settle_s=SETTLE_S)
     tally.publish()
     assert stop_start.runs == 1 and not stop_start.errors, stop_start.errors
@@ -109,8 +112,8 @@ def test_postgres_restarted_mid_run(private_cluster: PrivateCluster, private_pg:
         time.sleep(scale(3, 10))
         private_pg.start()
 
-    restarts = Repeat("restart", 0, restart, first_after_s=scale(4, 20), times=1)
-    tally = drive(private_cluster, "postgres-restarted", tasks=TASKS, sleep_s=scale(0.15, 0.05), faults=[restarts],
+    restarts = Repeat("restart", 0, restart, first_after_s=scale(4, 20), times=1, min_runs=1)
+    tally = drive(private_cluster, "postgres-restarted", tasks=TASKS, sleep_s=scale(0.4, 0.05), faults=[restarts],
                   window_s=scale(70, 900), settle_s=SETTLE_S)
     tally.publish()
     assert restarts.runs == 1 and not restarts.errors, restarts.errors
