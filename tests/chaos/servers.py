@@ -256,9 +256,11 @@ def _pg_bin(tool: str) -> str:
 
 
 class PrivatePostgres(_Supervised):
-    """A PostgreSQL cluster of our own (``initdb`` into a temp dir, own port, trust auth)."""
+    """A PostgreSQL cluster of our own (``initdb`` into a temp dir, own port, trust auth).
+    ``clients``: more networks (CIDR) trusted beside loopback, for a server that listens on
+    another address than 127.0.0.1."""
 
-    def __init__(self, *, listen: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, *, listen: str = "127.0.0.1", port: int | None = None, clients: Sequence[str] = ()) -> None:
         super().__init__("postgres", Path(tempfile.mkdtemp(prefix="chaos-pg-")))
         self.listen = listen
         self.port = port or free_port()
@@ -272,6 +274,9 @@ class PrivatePostgres(_Supervised):
         subprocess.run([_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"],
                        env=self.env, preexec_fn=demote, capture_output=True, check=True, timeout=120,
                        cwd=self.folder)
+        if clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in clients)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{self.listen}:{self.port}/{database}"
