@@ -3,8 +3,9 @@
 # distributed-mode tests the RabbitMQ and PostgreSQL servers (CI machines already run them).
 #   --services  also the RabbitMQ and PostgreSQL servers
 #   --test      also what the test suite needs beyond Python: spin (checks model/conveyor.pml,
-#               compiled with gcc), faketime (a worker with a skewed clock) and iproute2 (a
-#               worker cut off in a network namespace)
+#               compiled with gcc), faketime (a worker with a skewed clock), iproute2 (a
+#               worker cut off in a network namespace) and libfuse2 (fusepy's library: the
+#               embedded database on a file system that turns read-only)
 #   --php       also PHP 8.2 for clients/php and its tests (make test): php-cli (with pcntl and
 #               posix), php-amqplib, php-curl, php-mbstring, phpunit and php-laravel-framework.
 #               Debian installs the libraries under /usr/share/php with their own autoload.php
@@ -26,6 +27,7 @@ for arg in "$@"; do
             command -v gcc >/dev/null || need+=(gcc)
             [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]] || need+=(faketime)
             command -v ip >/dev/null || need+=(iproute2)
+            ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2' || need+=(libfuse2)
             ;;
         --services)
             command -v rabbitmq-server >/dev/null || need+=(rabbitmq-server)
