@@ -21,7 +21,6 @@ from typing import Any
 import jsonschema
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from hypothesis_jsonschema import from_schema
 from referencing import Registry, Resource
 
 from conveyor.message import MAX_MESSAGE_BYTES
@@ -93,16 +92,27 @@ def parsed(body: bytes) -> Any:
         value = json.loads(body.decode("utf-8"), parse_constant=refuse)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    return value if _finite(value) else None
+    return value if _plain(value) else None
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return value == value and value not in (float("inf"), float("-inf"))
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
+def _plain(value: Any) -> bool:
+    """Finite numbers, and strings that are Unicode (a lone surrogate escape is JSON syntax but
+    no text: RFC 8259 section 8.2 leaves it to the receiver, and Conveyor refuses it)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and (item != item or item in (float("inf"), float("-inf"))):
+            return False
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return True
 
 
