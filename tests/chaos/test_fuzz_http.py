@@ -55,8 +55,9 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
         started = time.monotonic()
         yield center
         assert center.alive(), f"the scheduler died:\n{center.output()[-5000:]}"
-        Tally(scenario="fuzz-http", submitted=COUNTS["requests"], succeeded=COUNTS["requests"] - COUNTS["server_errors"],
-              failed=COUNTS["server_errors"], lost=0, ran_twice=0, stuck=0, time_s=time.monotonic() - started,
+        Tally(scenario="fuzz-http", submitted=COUNTS["requests"],
+              succeeded=COUNTS["requests"] - COUNTS["server_errors"], failed=COUNTS["server_errors"],
+              lost=0, ran_twice=0, stuck=0, time_s=time.monotonic() - started,
               notes={"operations": len(list(schema.get_all_operations())),
                      **{k: v for k, v in sorted(COUNTS.items()) if k not in ("requests", "server_errors")}}).publish()
     finally:

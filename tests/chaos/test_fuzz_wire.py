@@ -301,13 +301,11 @@ def report_bodies(count: int, fuzz_seed: int, known: Sequence[str]) -> list[tupl
     def adjust(report: dict[str, Any], pick: int) -> dict[str, Any]:
         if "id" not in report:
             return report
-        if pick < len(known):
-            return {**report, "id": known[pick]}
+        chosen = known[pick] if pick < len(known) else fuzz.fresh_id(report["id"], seen)
         message = report.get("message")
-        if isinstance(message, dict) and "id" in message:
-            report = {**report, "message": {**message, "id": fuzz.fresh_id(message["id"], seen)}}
-            return {**report, "id": report["message"]["id"]}
-        return {**report, "id": fuzz.fresh_id(report["id"], seen)}
+        if isinstance(message, dict):  # a claim's message is for the task claimed (not in the schema)
+            report = {**report, "message": {**message, "id": chosen}}
+        return {**report, "id": chosen}
 
     schema = fuzz.unrolled(fuzz.REPORT_SCHEMA, depth=1, inline={"task-message.schema.json": fuzz.TASK_SCHEMA})
     valid = st.builds(adjust, from_schema(schema), st.integers(0, 2 * len(known)))
