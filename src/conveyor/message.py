@@ -123,6 +123,7 @@ def decode(body: bytes) -> Message:
         if validation.may_hold_nul(body):
             validation.check_params(msg.params)
             validation.check_json(msg.trace, "trace")
+            validation.check_json(msg.flow, "flow")  # stored with the task: PostgreSQL refuses NUL
     except KeyError as exc:
         raise SerializationError(f"invalid task message: missing field {exc}") from exc
     except (TypeError, ValueError, AttributeError) as exc:

@@ -173,6 +173,14 @@ BAD_TASK_BODIES: dict[str, Any] = {
     "eta a word": _task_body(eta="tomorrow"),
     "trace a string": _task_body(trace="00-abc"),
     "trace a list": _task_body(trace=["00-abc"]),
+    # Found by the wire fuzzing (tests/chaos/test_fuzz_wire.py): a NUL in flow reached PostgreSQL,
+    # whose refusal was taken for an outage and the delivery requeued for ever; one in trace
+    # passed the schema but not decode.
+    "NUL in a trace value": _task_body(trace={"traceparent": "00-\x00"}),
+    "NUL in a trace key": _task_body(trace={"trace\x00parent": "00"}),
+    "NUL in a flow string": _task_body(flow={"unique_key": "k\x00"}),
+    "NUL deep in flow": _task_body(flow={"a": [{"b": "\x00"}]}),
+    "NUL in a flow key": _task_body(flow={"k\x00": 1}),
 }
 
 

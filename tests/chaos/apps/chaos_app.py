@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from conveyor import Conveyor, current_task
 from tests.execlog import record
@@ -38,3 +39,11 @@ def long(seconds: float) -> dict[str, float]:
         pause(0.1)
     record("chaos.long", phase="end")
     return {"slept": seconds}
+
+
+@app.task("chaos.any", max_attempts=3)
+def anything(**params: Any) -> int:
+    """The fuzzing scenarios' handler: takes whatever params a message carries."""
+    record("chaos.any")
+    record("chaos.any", phase="end")
+    return len(params)
