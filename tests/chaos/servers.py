@@ -43,11 +43,12 @@ def alive(pid):
         return True
 while time.time() < deadline and alive(owner) and os.path.isdir(folder):
     time.sleep(1)
-try:
-    os.killpg(pgid, signal.SIGKILL)
-except (ProcessLookupError, PermissionError):
-    pass
-time.sleep(1)
+if pgid:  # 0: the server is down already, only its folder is watched
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    time.sleep(1)
 shutil.rmtree(folder, ignore_errors=True)
 """
 
@@ -91,10 +92,14 @@ class _Supervised:
             self.proc = subprocess.Popen(list(command), env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec,
                                          cwd=self.folder)
+        self._watch(self.proc.pid)
+
+    def _watch(self, pgid: int) -> None:
+        """(Re)start the watchdog: it kills session ``pgid`` (0: none) and deletes the folder."""
         self._end_watchdog()
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(time.time() + MAX_LIFETIME_S),
-             str(self.proc.pid), str(self.folder)],
+             str(pgid), str(self.folder)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _end_watchdog(self) -> None:
@@ -108,7 +113,13 @@ class _Supervised:
         return self.proc is not None and self.proc.poll() is None
 
     def kill9(self) -> None:
-        """SIGKILL the server and everything in its session (no shutdown at all)."""
+        """SIGKILL the server and everything in its session (no shutdown at all). Its folder is
+        still watched (a scenario may start it again): deleted if pytest dies meanwhile."""
+        self._kill()
+        if self.folder.is_dir():
+            self._watch(0)
+
+    def _kill(self) -> None:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -116,7 +127,7 @@ class _Supervised:
         self._end_watchdog()
 
     def close(self) -> None:
-        self.kill9()
+        self._kill()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -336,7 +347,7 @@ class PrivatePostgres(_Supervised):
         try:
             self.proc.wait(timeout=60)
         finally:
-            self.kill9()  # whatever is left of its session; ends the watchdog
+            self.kill9()  # whatever is left of its session; the folder stays watched
 
     def sql(self, statement: str, database: str = "postgres") -> list[tuple[Any, ...]]:
         import psycopg
