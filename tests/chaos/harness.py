@@ -186,9 +186,12 @@ class Submitter(threading.Thread):
         self.accepted: list[str] = []
         self.refusals: list[str] = []
         self.abandoned = 0
+        self._halt = threading.Event()
 
     def run(self) -> None:
         for start in range(0, len(self.requests), self.batch):
+            if self._halt.is_set():
+                return
             chunk = self.requests[start:start + self.batch]
             deadline = time.monotonic() + self.give_up_s
             while True:
@@ -204,6 +207,11 @@ class Submitter(threading.Thread):
                     time.sleep(0.5)
             if self.pause_s:
                 time.sleep(self.pause_s)
+
+    def stop(self, timeout_s: float) -> list[str]:
+        """Send no further batch (the one under way is finished); what was accepted."""
+        self._halt.set()
+        return self.result(timeout_s)
 
     def result(self, timeout_s: float) -> list[str]:
         self.join(timeout_s)

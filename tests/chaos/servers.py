@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 MAX_LIFETIME_S = 3600.0  # a private server never outlives this, whatever happens to pytest
@@ -41,11 +43,12 @@ def alive(pid):
         return True
 while time.time() < deadline and alive(owner) and os.path.isdir(folder):
     time.sleep(1)
-try:
-    os.killpg(pgid, signal.SIGKILL)
-except (ProcessLookupError, PermissionError):
-    pass
-time.sleep(1)
+if pgid:  # 0: the server is down already, only its folder is watched
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    time.sleep(1)
 shutil.rmtree(folder, ignore_errors=True)
 """
 
@@ -89,10 +92,14 @@ class _Supervised:
             self.proc = subprocess.Popen(list(command), env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec,
                                          cwd=self.folder)
+        self._watch(self.proc.pid)
+
+    def _watch(self, pgid: int) -> None:
+        """(Re)start the watchdog: it kills session ``pgid`` (0: none) and deletes the folder."""
         self._end_watchdog()
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(time.time() + MAX_LIFETIME_S),
-             str(self.proc.pid), str(self.folder)],
+             str(pgid), str(self.folder)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _end_watchdog(self) -> None:
@@ -106,7 +113,13 @@ class _Supervised:
         return self.proc is not None and self.proc.poll() is None
 
     def kill9(self) -> None:
-        """SIGKILL the server and everything in its session (no shutdown at all)."""
+        """SIGKILL the server and everything in its session (no shutdown at all). Its folder is
+        still watched (a scenario may start it again): deleted if pytest dies meanwhile."""
+        self._kill()
+        if self.folder.is_dir():
+            self._watch(0)
+
+    def _kill(self) -> None:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -114,7 +127,7 @@ class _Supervised:
         self._end_watchdog()
 
     def close(self) -> None:
-        self.kill9()
+        self._kill()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -126,7 +139,7 @@ class PrivateRabbit(_Supervised):
     (so ``rabbitmqctl`` here can never reach the shared node)."""
 
     def __init__(self, folder: Path | None = None, *, name: str | None = None, cookie: str | None = None,
-                 listen: str = "127.0.0.1", port: int | None = None) -> None:
+                 listen: str = "127.0.0.1", port: int | None = None, extra_config: str = "") -> None:
         name = name or f"chaos-{uuid.uuid4().hex[:6]}"
         super().__init__(name, folder or Path(tempfile.mkdtemp(prefix=f"{name}-")))
         self.node = f"{name}@localhost"
@@ -141,7 +154,7 @@ class PrivateRabbit(_Supervised):
         (self.folder / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {listen}:{self.port}\nloopback_users = none\n"
             "heartbeat = 10\n"  # a dead peer is noticed in ~20 s rather than 2 minutes
-            "cluster_formation.node_cleanup.only_log_warning = true\n"
+            "cluster_formation.node_cleanup.only_log_warning = true\n" + extra_config
         )
         (self.folder / "enabled_plugins").write_text("[].\n")  # no management listener to clash
         self.env = {
@@ -200,12 +213,16 @@ class PrivateRabbit(_Supervised):
 
 
 class RabbitCluster:
-    """Three private nodes on their own ports with their own config files, joined into one cluster."""
+    """Three private nodes on their own ports with their own config files (one cookie, so they can
+    talk), joined into one cluster with ``rabbitmqctl join_cluster``. Each node keeps its own
+    watchdog, so a node killed and restarted in a scenario is still removed if pytest dies."""
 
     def __init__(self, size: int = 3) -> None:
         cookie = uuid.uuid4().hex.upper()
         tag = uuid.uuid4().hex[:4]
-        self.nodes = [PrivateRabbit(name=f"chaos-{tag}-n{i + 1}", cookie=cookie) for i in range(size)]
+        self.nodes = [PrivateRabbit(name=f"chaos-{tag}-n{i + 1}", cookie=cookie,
+                                    extra_config="cluster_partition_handling = pause_minority\n")
+                      for i in range(size)]
 
     def start(self) -> None:
         for node in self.nodes:  # booting 3 Erlang VMs at once on 2 cores is slower than in turn
@@ -215,14 +232,43 @@ class RabbitCluster:
             node.stop_app()
             node.ctl("join_cluster", first.node)
             node.start_app()
+        self.wait_running(self.nodes)
 
-    def url(self, order: Sequence[int] | None = None) -> str:
-        """One URL naming every node (``amqp://guest:guest@h1:p1,h2:p2,h3:p3/``), ``order`` first."""
+    def url(self, order: Sequence[int] | None = None, *, vhost: str = "", query: str = "") -> str:
+        """One URL naming every node (``amqp://guest:guest@h1:p1,h2:p2,h3:p3/vhost?query``), the
+        nodes in ``order`` (indexes into ``nodes``) first."""
         nodes = [self.nodes[i] for i in (order or range(len(self.nodes)))]
-        return "amqp://guest:guest@" + ",".join(f"127.0.0.1:{n.port}" for n in nodes) + "/"
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+        return f"amqp://guest:guest@{hosts}/{quote(vhost, safe='')}" + (f"?{query}" if query else "")
 
-    def running_nodes(self, via: PrivateRabbit) -> str:
-        return via.ctl("cluster_status")
+    def node_on_port(self, port: int) -> PrivateRabbit:
+        return next(n for n in self.nodes if n.port == port)
+
+    def survivor(self, *besides: PrivateRabbit) -> PrivateRabbit:
+        """A running node other than ``besides``, to run ``rabbitmqctl`` on."""
+        return next(n for n in self.nodes if n.running() and n not in besides)
+
+    def running_nodes(self, via: PrivateRabbit | None = None) -> set[str]:
+        """The nodes the cluster (as ``via`` sees it) has running."""
+        status = json.loads((via or self.survivor()).ctl("cluster_status", "--formatter", "json"))
+        return set(status.get("running_nodes", []))
+
+    def wait_running(self, nodes: Sequence[PrivateRabbit], timeout_s: float = 60.0) -> None:
+        wanted = {n.node for n in nodes}
+        wait_until(lambda: wanted <= self.running_nodes(), timeout_s, f"{sorted(wanted)} running in the cluster")
+
+    def quorum_queues(self, vhost: str) -> list[dict[str, Any]]:
+        """Every quorum queue of ``vhost``: name, leader, members, online members."""
+        out = self.survivor().ctl("list_queues", "-p", vhost, "--formatter", "json",
+                                  "name", "type", "leader", "members", "online")
+        return [q for q in json.loads(out) if q.get("type") == "quorum"]
+
+    def wait_rejoined(self, node: PrivateRabbit, vhost: str, timeout_s: float = 60.0) -> None:
+        """``node`` (restarted) runs in the cluster again and is an online member of every quorum
+        queue of ``vhost``: the Raft groups have their 3 members back."""
+        self.wait_running([node], timeout_s)
+        wait_until(lambda: all(node.node in q.get("online", []) for q in self.quorum_queues(vhost)), timeout_s,
+                   f"{node.node} online in every quorum queue of {vhost}")
 
     def close(self) -> None:
         for node in self.nodes:
@@ -306,7 +352,7 @@ class PrivatePostgres(_Supervised):
         try:
             self.proc.wait(timeout=60)
         finally:
-            self.kill9()  # whatever is left of its session; ends the watchdog
+            self.kill9()  # whatever is left of its session; the folder stays watched
 
     def sql(self, statement: str, database: str = "postgres") -> list[tuple[Any, ...]]:
         import psycopg

@@ -299,6 +299,13 @@ class AmqpLink:
                 channel = self._channel
         return channel
 
+    async def _renew_channel(self, used: aiormq.abc.AbstractChannel | None) -> None:
+        """Close the publish channel ``used`` (unless it was replaced already): ``channel()``
+        opens a new one, and topology is declared again on it."""
+        async with self._lock:
+            if used is not None and used is self._channel and not used.is_closed:
+                await _quietly(used.close())
+
     async def close(self) -> None:
         self._closed = True
         if self._supervisor is not None:
@@ -387,12 +394,15 @@ class AmqpLink:
 
     async def publish_all(self, outgoing: Sequence[Outgoing], outage_s: float | None = None) -> None:
         """Publish all, await all confirms; retry the failed ones through an outage of up to
-        ``outage_s`` (default ``OUTAGE_S``), then raise BrokerConnectionError."""
+        ``outage_s`` (default ``OUTAGE_S``), then raise BrokerConnectionError. A publish RabbitMQ
+        refuses (nack) is sent again, first with its queue declared afresh, then on a new
+        channel, until the same deadline, then BrokerError."""
         loop = asyncio.get_running_loop()
         limit = OUTAGE_S if outage_s is None else outage_s
         deadline = loop.time() + limit
         pending, redeclared, pause_s = list(outgoing), False, 0.05
         while True:
+            used = self._channel
             try:
                 results = await asyncio.wait_for(
                     asyncio.gather(*(self._publish_one(o) for o in pending), return_exceptions=True),
@@ -401,11 +411,14 @@ class AmqpLink:
                 raise BrokerConnectionError(
                     f"publish: RabbitMQ at {self.safe_url} unreachable for {limit:g} s") from exc
             failed: list[Outgoing] = []
+            refusal: BaseException | None = None
             for out, result in zip(pending, results, strict=True):
                 if result is None:
                     continue
-                if isinstance(result, aiormq.exceptions.PublishError | _Refused) and not redeclared:
-                    self._declared.pop(self._target(out), None)  # deleted or expired: declare again
+                if isinstance(result, aiormq.exceptions.DeliveryError | _Refused):  # nack, or returned
+                    refusal = result
+                    if not redeclared:
+                        self._declared.pop(self._target(out), None)  # deleted or expired: declare again
                 elif isinstance(result, aiormq.exceptions.ChannelNotFoundEntity):
                     self._declared.clear()
                 elif not isinstance(result, (*CONNECTION_ERRORS, BrokerConnectionError)):
@@ -413,9 +426,17 @@ class AmqpLink:
                 failed.append(out)
             if not failed:
                 return
-            redeclared = redeclared or any(
-                isinstance(r, aiormq.exceptions.PublishError | _Refused) for r in results)
+            if refusal is not None and redeclared:
+                # Refused again once declared afresh. Seen on RabbitMQ 3.10: a channel opened while
+                # a quorum queue elects a new leader (a client failing over from the node that
+                # held it) nacks every publish to that queue for as long as the old leader's node
+                # is down; a new channel does not. Publish again on a new one, until the deadline.
+                await self._renew_channel(used)
+            redeclared = redeclared or refusal is not None
             if loop.time() >= deadline:
+                if refusal is not None:
+                    raise BrokerError(f"publish to queue {failed[0].queue!r} refused by RabbitMQ for {limit:g} s: "
+                                      f"{refusal!r}") from refusal
                 raise BrokerConnectionError(f"publish: RabbitMQ at {self.safe_url} unreachable for {limit:g} s")
             logger.debug("publish of %d message(s) failed; retrying", len(failed))
             await asyncio.sleep(pause_s)

@@ -26,8 +26,10 @@ older than 30 s; mandatory publishing catches one that vanished anyway.
 Reliability: persistent messages, durable queues, publisher confirms on every publish, manual
 acks. Several hosts of a cluster may be given in the URL; the link fails over between them
 and restores topology and consumers (``_amqp_loop.AmqpLink``). ``publish`` waits out an
-outage of up to 30 s, then raises BrokerConnectionError; a publish retried after a lost
-confirm may arrive twice (the store-side claim deduplicates). Deliveries from a channel that
+outage of up to 30 s, then raises BrokerConnectionError; a publish RabbitMQ refuses (nack) is
+sent again, its queue declared afresh and then on a new channel, until the same deadline, then
+raises BrokerError. A publish retried after a lost confirm may arrive twice (the store-side
+claim deduplicates). Deliveries from a channel that
 died cannot be settled: ack/nack on them are ignored, as RabbitMQ redelivers them; buffered
 ones are dropped by ``get``. Only ``str`` headers come through (bytes decoded, numbers as
 text); RabbitMQ's own x-death, x-first/last-death-* and x-delivery-count headers are hidden.
