@@ -48,6 +48,11 @@ class StoreError(ConveyorError):
     pass
 
 
+class StoreRefused(StoreError):
+    """The store refused the values themselves (PostgreSQL's SQLSTATE class 22, a data
+    exception): the same write gets the same answer, so it is not an outage to wait out."""
+
+
 class TaskNotFound(StoreError):
     def __init__(self, task_id: object) -> None:
         super().__init__(f"unknown task id {task_id}")

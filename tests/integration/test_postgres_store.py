@@ -272,3 +272,35 @@ def test_concurrent_status_writes_share_transactions(postgres_schema_url: str) -
         assert [e.to_status for e in events] == [TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED]
     finally:
         store.close()
+
+
+def test_a_data_exception_is_store_refused_and_an_outage_is_not(postgres_url: str) -> None:
+    """The worker dead-letters a delivery whose data the store refuses (SQLSTATE class 22) and
+    waits out anything else: the two must be told apart, by both drivers."""
+    import asyncio
+
+    from conveyor.errors import StoreRefused
+    from conveyor.store.postgres import _driver_errors
+    from conveyor.store.postgres_async import AsyncPostgres
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        with pytest.raises(StoreRefused, match=r"division by zero \[22012\]"), _driver_errors("select"):
+            conn.execute("SELECT 1/0")
+        with pytest.raises(StoreError) as outage, _driver_errors("select"):
+            conn.execute("SELECT * FROM no_such_table_here")
+        assert not isinstance(outage.value, StoreRefused)
+
+    async def through_asyncpg() -> tuple[BaseException, BaseException]:
+        db = AsyncPostgres(postgres_url)
+        await db.open()
+        try:
+            with pytest.raises(StoreRefused) as refused:
+                await db._fetch("SELECT 1/0", ())
+            with pytest.raises(StoreError) as other:
+                await db._fetch("SELECT * FROM no_such_table_here", ())
+            return refused.value, other.value
+        finally:
+            await db.close()
+
+    refused, other = asyncio.run(through_asyncpg())
+    assert "22012" in str(refused) and not isinstance(other, StoreRefused)

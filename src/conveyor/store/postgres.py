@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb, set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
 from conveyor.batching import Combiner
-from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, TaskNotFound
+from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, StoreRefused, TaskNotFound
 from conveyor.message import dumps
 from conveyor.model import NodeInfo, Page, Task, TaskEvent, TaskFilter, TaskStatus
 from conveyor.store import postgres_batch as batch
@@ -121,7 +121,8 @@ def _driver_errors(action: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise StoreError(f"postgres store: {action} failed: {describe(exc)}") from exc
+        refused = (exc.sqlstate or "").startswith("22")
+        raise (StoreRefused if refused else StoreError)(f"postgres store: {action} failed: {describe(exc)}") from exc
 
 
 F = TypeVar("F", bound=Callable[..., Any])

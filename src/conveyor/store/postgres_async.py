@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, TaskNotFound
+from conveyor.errors import ConcurrentUpdate, ConveyorError, StoreError, StoreRefused, TaskNotFound
 from conveyor.message import dumps
 from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.store import postgres_batch as batch
@@ -133,7 +133,8 @@ class AsyncPostgres:
                     raise
                 return rows
         except asyncpg.PostgresError as exc:
-            raise StoreError(f"postgres store: {_describe(exc)}") from exc
+            refused = (getattr(exc, "sqlstate", None) or "").startswith("22")
+            raise (StoreRefused if refused else StoreError)(f"postgres store: {_describe(exc)}") from exc
         except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             raise StoreError(f"postgres store: connection lost: {exc!r}") from exc
 

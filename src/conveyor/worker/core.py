@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor import log as log_context
 from conveyor import tracing
 from conveyor.context import TaskContext, flow_context, set_current
-from conveyor.errors import ConveyorError, TaskNotFound
+from conveyor.errors import ConveyorError, StoreRefused, TaskNotFound
 from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.recovery import recover_expired, republish_unpublished
 from conveyor.store.base import Outcome
@@ -247,6 +247,13 @@ class WorkerCore:
             decision = await self._store_call(decide, self.backend.store, msg, self.node,
                                               lease_s=settings.lease_s, max_crashes=settings.max_crashes,
                                               gated=flow is not None and flow.gates(msg))
+        except StoreRefused as exc:  # the same message would be refused again: no loop
+            log.warning("the store refused task %s: %s; dead-lettered", msg.id, exc,
+                        extra={"task_id": str(msg.id), "worker": self.node, "action": "dead_letter"})
+            self._release_slot()
+            await _logged(self.backend.dead_letter(arrival, f"the store refused the task's data: {exc}"),
+                          "dead_letter")
+            return
         except ConveyorError as exc:
             log.warning("store unavailable for task %s: %s; will retry", msg.id, exc,
                         extra={"task_id": str(msg.id), "worker": self.node})
