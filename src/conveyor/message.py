@@ -144,9 +144,10 @@ def _from_dict(data: dict[str, Any]) -> Message:
     eta = data.get("eta")
     if eta is not None and (not isinstance(eta, str) or not _INSTANT.fullmatch(eta)):
         raise ValueError("eta must be an ISO-8601 UTC instant (Z or an offset) or null")
-    trace = data.get("trace") or {}
+    trace = data.get("trace")
+    trace = {} if trace is None else trace
     if not isinstance(trace, dict) or not all(isinstance(v, str) for v in trace.values()):
-        raise ValueError("trace must be a JSON object of strings")
+        raise ValueError("trace must be a JSON object of strings or null")
     flow = data.get("flow")
     if flow is not None and not isinstance(flow, dict):
         raise ValueError("flow must be a JSON object or null")

@@ -88,6 +88,9 @@ def check_key(value: object) -> str:
 
 
 def check_int(value: object, field: str, low: int, high: int) -> int:
+    # JSON Schema counts 2.0 as an integer (a number with no fraction), and so do we.
+    if isinstance(value, float) and value.is_integer() and low <= value <= high:
+        return int(value)
     if not is_int(value) or not low <= value <= high:  # type: ignore[operator]
         raise ValueError(f"{field} must be an integer from {low} to {high}")
     return value  # type: ignore[return-value]

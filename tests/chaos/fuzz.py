@@ -78,9 +78,12 @@ def draw_examples(strategy: st.SearchStrategy[Any], count: int, fuzz_seed: int) 
 
 # -- judging a body against the schema ----------------------------------------------------------
 
-_TASK_VALIDATOR = jsonschema.Draft202012Validator(TASK_SCHEMA)
+# Formats asserted (an eta of February 30th is not a date-time), as the decoders do.
+_FORMATS = jsonschema.Draft202012Validator.FORMAT_CHECKER
+_TASK_VALIDATOR = jsonschema.Draft202012Validator(TASK_SCHEMA, format_checker=_FORMATS)
 _REPORT_VALIDATOR = jsonschema.Draft202012Validator(
-    REPORT_SCHEMA, registry=Registry().with_resource(TASK_SCHEMA["$id"], Resource.from_contents(TASK_SCHEMA)))
+    REPORT_SCHEMA, registry=Registry().with_resource(TASK_SCHEMA["$id"], Resource.from_contents(TASK_SCHEMA)),
+    format_checker=_FORMATS)
 
 
 def parsed(body: bytes) -> Any:

@@ -181,7 +181,28 @@ BAD_TASK_BODIES: dict[str, Any] = {
     "NUL in a flow string": _task_body(flow={"unique_key": "k\x00"}),
     "NUL deep in flow": _task_body(flow={"a": [{"b": "\x00"}]}),
     "NUL in a flow key": _task_body(flow={"k\x00": 1}),
+    # Found by the full fuzzing run: decode read any falsy trace ("", 0, false) as {}.
+    "trace an empty string": _task_body(trace=""),
+    "trace false": _task_body(trace=False),
+    "attempt 1.5": _task_body(attempt=1.5),
 }
+
+# Found by the full fuzzing run: the schema allowed these and decode refused them (or the reverse);
+# now both accept them, as JSON Schema reads them (2.0 is an integer) and as decode always did (null).
+GOOD_TASK_BODIES: dict[str, Any] = {
+    "trace null": _task_body(trace=None),
+    "flow null": _task_body(flow=None),
+    "attempt 2.0": _task_body(attempt=2.0, max_attempts=3.0),
+    "priority 4.0": _task_body(priority=4.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_TASK_BODIES))
+def test_good_task_bodies_pass_the_schema_and_decode(name: str) -> None:
+    data = GOOD_TASK_BODIES[name]
+    assert TASK_SCHEMA.is_valid(data)
+    decoded = message.decode(orjson.dumps(data))
+    assert isinstance(decoded.attempt, int) and isinstance(decoded.priority, int) and decoded.trace == {}
 
 
 @pytest.mark.parametrize("name", sorted(BAD_TASK_BODIES))
@@ -285,6 +306,9 @@ BAD_REPORT_BODIES: dict[str, Any] = {
     "heartbeat in_flight -1": _beat_body(in_flight=-1),
     "heartbeat status lost": _beat_body(status="lost"),
     "heartbeat without node": _beat_body(node=_MISSING),
+    # Found by the full fuzzing run: the schema let blank queue names and error types through.
+    "heartbeat queue blank": _beat_body(queues=["\u00a0"]),
+    "error type blank": _report_body(status="failed", error={"type": " ", "message": ""}),
 }
 
 

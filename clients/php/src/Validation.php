@@ -60,6 +60,10 @@ final class Validation
 
     public static function int(mixed $value, string $field, int $low, int $high): int
     {
+        // JSON Schema counts 2.0 as an integer (a number with no fraction), and so do we.
+        if (is_float($value) && floor($value) === $value && $value >= $low && $value <= $high) {
+            return (int) $value;
+        }
         if (!is_int($value) || $value < $low || $value > $high) {
             throw new ValidationFailed("{$field} must be an integer from {$low} to {$high}", [$field]);
         }
