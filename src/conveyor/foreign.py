@@ -104,6 +104,7 @@ def decode_claim(data: dict[str, Any], task_id: uuid.UUID | None = None) -> Clai
         if raw is not None:
             if not isinstance(raw, dict):
                 raise ValueError("message must be a task message (a JSON object)")
+            raw = {k: v for k, v in raw.items() if k in message.FIELDS}  # unknown fields are ignored
             validation.check_json(raw, "message")  # NaN would be encoded as null below
             msg = message.decode(message.dumps(raw))
             if msg.id != tid:

@@ -23,6 +23,10 @@ UUID_TEXT = re.compile(validation.UUID_PATTERN)
 _INSTANT = re.compile(validation.INSTANT_PATTERN)
 
 
+# The fields a task message has; any other is ignored (docs/protocol.md: unknown fields).
+FIELDS = frozenset({"protocol", "id", "type", "params", "queue", "priority", "attempt", "max_attempts", "timeout",
+                    "eta", "trace", "flow"})
+
 @dataclass(frozen=True, slots=True)
 class Message:
     id: uuid.UUID

@@ -12,7 +12,9 @@ from conveyor.task import TaskOptions
 def backoff_s(attempt: int, options: TaskOptions, rng: random.Random | None = None) -> float:
     """Delay before attempt ``attempt + 1``: base * 2^(attempt-1), capped, with "equal jitter"
     (half fixed, half random) so a burst of failures does not retry in lockstep."""
-    ceiling = min(options.retry_backoff_max_s, options.retry_backoff_s * 2.0 ** max(0, attempt - 1))
+    # The exponent is capped: 2.0 ** 1024 overflows, and attempts go up to 10,000 (found by the
+    # wire fuzzing: a failure at attempt 4,270 raised OverflowError and left the task running).
+    ceiling = min(options.retry_backoff_max_s, options.retry_backoff_s * 2.0 ** min(max(0, attempt - 1), 64))
     jitter: float = (rng or random).uniform(0, ceiling / 2)
     return ceiling / 2 + jitter
 

@@ -158,3 +158,15 @@ def test_a_returned_attempt_goes_back_to_the_queue_and_does_not_count(service: T
     assert len(service.broker.published) == published + 1  # type: ignore[attr-defined]
     again = claim(service, ClaimRequest(id=task.id, attempt=1, node="php-b"), TERMS)
     assert (again.decision, again.attempt) == ("run", 1)
+
+
+def test_a_claim_message_s_unknown_fields_are_ignored_as_in_a_delivery() -> None:
+    # Found by the full wire fuzzing run: a NUL inside an unknown field of the claim's message
+    # refused the claim, while the same message delivered to a worker runs (unknown fields ignored).
+    task_id = runner.fresh_id()
+    body = {**runner.claim_message(task_id, 1), "diag": ["a\x00b", float("nan")]}
+    request = decode_claim({"id": task_id, "attempt": 1, "node": "n", "message": body})
+    assert request.message is not None and str(request.message.id) == task_id
+    with pytest.raises(SerializationError, match="NUL"):
+        decode_claim({"id": task_id, "attempt": 1, "node": "n",
+                      "message": {**runner.claim_message(task_id, 1), "params": {"k": "a\x00b"}}})

@@ -89,3 +89,10 @@ def test_other_failures_and_retry_without_a_delay_use_the_backoff() -> None:
 
     for exc in (Retry(), ConnectionError("down")):
         assert ceiling(3) / 2 <= retry_delay_s(task, exc, OPTIONS) <= ceiling(3)
+
+
+@pytest.mark.parametrize("attempt", [1024, 1025, 4_270, 10_000])
+def test_backoff_at_the_highest_attempts_is_the_cap_not_an_overflow(attempt: int) -> None:
+    # Found by the wire fuzzing: 2.0 ** 4269 raised OverflowError in the outcome path.
+    delay = backoff_s(attempt, OPTIONS, random.Random(attempt))
+    assert OPTIONS.retry_backoff_max_s / 2 <= delay <= OPTIONS.retry_backoff_max_s
