@@ -8,7 +8,6 @@ the sizes of issue 11.
 from __future__ import annotations
 
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +17,7 @@ import pytest
 from tests.chaos.harness import FULL, TALLIES
 from tests.chaos.servers import PrivatePostgres, PrivateRabbit
 from tests.conftest import require_service
-from tests.integration.conftest import Cluster, cluster, vhost_url  # noqa: F401  (fixtures used here)
-from tests.processes import REPORT_KEY
+from tests.integration.conftest import Cluster, cluster, serve, vhost_url  # noqa: F401  (fixtures used here)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -72,11 +70,4 @@ def private_cluster(tmp_path: Path, private_rabbit: PrivateRabbit, private_pg: P
     private_rabbit.ctl("add_vhost", name)
     private_rabbit.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
     store_url = private_pg.create_database(name)
-    nodes = PrivateCluster(tmp_path, private_rabbit.url + name, store_url, name)
-    try:
-        yield nodes
-    finally:
-        nodes.close()
-        report = request.node.stash.get(REPORT_KEY, None)
-        if report is not None and report.failed:
-            sys.stderr.write(nodes.outputs()[-20_000:])
+    yield from serve(PrivateCluster(tmp_path, private_rabbit.url + name, store_url, name), request)

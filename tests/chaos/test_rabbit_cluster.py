@@ -25,7 +25,6 @@ import bisect
 import itertools
 import re
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -41,8 +40,8 @@ from conveyor.store import open_store
 from tests.chaos.drill import CONCURRENCY
 from tests.chaos.harness import CHAOS_APP, Submitter, all_tasks, count, scale, work_requests
 from tests.chaos.servers import PrivateRabbit, RabbitCluster
-from tests.integration.conftest import PREFETCH, Cluster
-from tests.processes import REPORT_KEY, WorkerProcess
+from tests.integration.conftest import PREFETCH, Cluster, serve
+from tests.processes import WorkerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(scale(180, 1500))]
 
@@ -114,15 +113,8 @@ def quorum_cluster(tmp_path: Path, rabbit_cluster: RabbitCluster, postgres_schem
     """Workers and a client on the cluster (own vhost, quorum queues) and the shared PostgreSQL."""
     rabbit_cluster.wait_running(rabbit_cluster.nodes)
     vhost = new_vhost(rabbit_cluster)
-    nodes = QuorumCluster(tmp_path, rabbit_cluster.url(ORDERS["w1"], vhost=vhost, query=QUORUM), postgres_schema_url,
-                          vhost)
-    try:
-        yield nodes
-    finally:
-        nodes.close()
-        report = request.node.stash.get(REPORT_KEY, None)
-        if report is not None and report.failed:
-            sys.stderr.write(nodes.outputs()[-20_000:])
+    yield from serve(QuorumCluster(tmp_path, rabbit_cluster.url(ORDERS["w1"], vhost=vhost, query=QUORUM),
+                                   postgres_schema_url, vhost), request)
 
 
 def connections_on(rabbit: RabbitCluster, node: PrivateRabbit, vhost: str) -> dict[str, int]:

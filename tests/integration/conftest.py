@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote
 
 import pytest
@@ -225,14 +226,22 @@ class Cluster:
             service.store.close()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, vhost_url: str, postgres_schema_url: str,
-            request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    nodes = Cluster(tmp_path, vhost_url, postgres_schema_url)
+C = TypeVar("C", bound=Cluster)
+
+
+def serve(nodes: C, request: pytest.FixtureRequest) -> Iterator[C]:
+    """A cluster fixture's body: yield ``nodes``, then kill them, showing what the workers logged
+    if the test failed."""
     try:
         yield nodes
     finally:
         nodes.close()
         report = request.node.stash.get(REPORT_KEY, None)
-        if report is not None and report.failed:  # show what the workers logged
+        if report is not None and report.failed:
             sys.stderr.write(nodes.outputs()[-20_000:])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, vhost_url: str, postgres_schema_url: str,
+            request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    yield from serve(Cluster(tmp_path, vhost_url, postgres_schema_url), request)
