@@ -27,6 +27,7 @@ _INSTANT = re.compile(validation.INSTANT_PATTERN)
 FIELDS = frozenset({"protocol", "id", "type", "params", "queue", "priority", "attempt", "max_attempts", "timeout",
                     "eta", "trace", "flow"})
 
+
 @dataclass(frozen=True, slots=True)
 class Message:
     id: uuid.UUID
