@@ -58,6 +58,7 @@ def operations_of(app: Any) -> Operations | None:
 
 ServiceDep = Annotated[TaskService, Depends(get_service)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+Responses = dict[int | str, dict[str, Any]]  # a route's documented answers beside its 2xx
 OpsDep = Annotated[Operations, Depends(get_operations)]
 
 __all__ = ["OpsDep", "ServiceDep", "SettingsDep", "get_operations", "get_service", "get_settings", "operations_of"]

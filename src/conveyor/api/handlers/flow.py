@@ -4,12 +4,14 @@ broadcast and sharded submits, and limits (list, set, remove). Thin: ``FlowServi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from conveyor.api.handlers import ServiceDep, SettingsDep
+from conveyor.api.handlers import Responses, ServiceDep, SettingsDep
 from conveyor.api.schemas import (
     ApiInputError,
     ErrorOut,
@@ -26,7 +28,6 @@ from conveyor.validation import MAX_ATTEMPTS, MAX_PRIORITY, MAX_TIMEOUT_S
 
 router = APIRouter(tags=["flow control"])
 
-Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No workflow with that id"}}
 StepName = Annotated[Text, Field(min_length=1, max_length=200)]
 
@@ -137,8 +138,13 @@ def _flow(service: TaskService, request: Request) -> FlowService:
     return FlowService(service, request.app.state.settings.heartbeat_s)
 
 
-def _refused(exc: Exception) -> ApiInputError:
-    return ApiInputError(str(exc), ["body"])
+@contextmanager
+def _body_refused(*errors: type[Exception]) -> Iterator[None]:
+    """What ``FlowService`` refuses in the body is an input error (4xx) naming the body."""
+    try:
+        yield
+    except errors as exc:
+        raise ApiInputError(str(exc), ["body"]) from exc
 
 
 def _workflow_id(text: str) -> uuid.UUID:
@@ -157,12 +163,10 @@ def _not_found(exc: WorkflowNotFound) -> JsonResponse:
 def submit_workflow(body: WorkflowIn, service: ServiceDep, request: Request) -> JsonResponse:
     """Submit a workflow: a graph of steps, each started once all the steps in its ``after``
     succeeded, with their results in its params (``previous``)."""
-    try:
+    with _body_refused(ValueError, SerializationError):
         view = _flow(service, request).submit_workflow(body.model_dump(exclude_none=True)
                                                        | {"steps": [s.model_dump(exclude_unset=True)
                                                                     for s in body.steps]})
-    except (ValueError, SerializationError) as exc:
-        raise _refused(exc) from exc
     return JsonResponse(view, status_code=201)
 
 
@@ -170,10 +174,8 @@ def submit_workflow(body: WorkflowIn, service: ServiceDep, request: Request) -> 
              responses={201: {"model": WorkflowOut, "description": "One step per live node"}})
 def broadcast(body: FanOutIn, service: ServiceDep, request: Request) -> JsonResponse:
     """Run the task once on every live node of its queue: one step per node, with the node."""
-    try:
+    with _body_refused(ValueError, SerializationError):
         view = _flow(service, request).broadcast(body.type, body.params, **_options(body))
-    except (ValueError, SerializationError) as exc:
-        raise _refused(exc) from exc
     return JsonResponse(view, status_code=201)
 
 
@@ -181,10 +183,8 @@ def broadcast(body: FanOutIn, service: ServiceDep, request: Request) -> JsonResp
              responses={201: {"model": WorkflowOut, "description": "One step per shard"}})
 def sharded(body: ShardedIn, service: ServiceDep, request: Request) -> JsonResponse:
     """Run ``shards`` copies spread over the live nodes; each gets its ``shard_index``/``shard_total``."""
-    try:
+    with _body_refused(ValueError, SerializationError):
         view = _flow(service, request).shard(body.type, body.params, shards=body.shards, **_options(body))
-    except (ValueError, SerializationError) as exc:
-        raise _refused(exc) from exc
     return JsonResponse(view, status_code=201)
 
 
@@ -236,11 +236,9 @@ def list_limits(service: ServiceDep, settings: SettingsDep) -> JsonResponse:
 def set_limit(name: str, kind: Literal["rate", "concurrency"], body: LimitIn, service: ServiceDep,
               settings: SettingsDep) -> JsonResponse:
     """Set the rate or concurrency limit of task type ``name`` (overrides the one in code)."""
-    try:
+    with _body_refused(ValueError):
         limit = FlowService(service, settings.heartbeat_s).set_limit(
             name, kind, rate=body.rate, burst=body.burst, max_running=body.max_running, key_param=body.key_param)
-    except ValueError as exc:
-        raise _refused(exc) from exc
     return JsonResponse(limit)
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from conveyor import message
-from conveyor.api.handlers import OpsDep, ServiceDep
+from conveyor.api.handlers import OpsDep, Responses, ServiceDep
 from conveyor.api.schemas import (
     ApiInputError,
     BatchIn,
@@ -39,7 +39,6 @@ from conveyor.store.queries import AmbiguousId, TaskSearch, normalize_prefix
 
 router = APIRouter(tags=["tasks"])
 
-Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": ErrorOut, "description": "No task with that id"}}
 CONFLICT: Responses = {409: {"model": ErrorOut, "description": "The task's status does not allow it"}}
 
