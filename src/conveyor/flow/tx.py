@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from conveyor.model import NodeInfo, Task, TaskStatus
@@ -87,46 +87,33 @@ def _is(store: object, module: str, name: str) -> bool:
     return loaded is not None and isinstance(store, getattr(loaded, name))
 
 
-@contextmanager
-def flow_transaction(store: Store) -> Iterator[FlowTx]:
+def flow_transaction(store: Store) -> AbstractContextManager[FlowTx]:
     """A flow transaction on ``store`` (committed when the block ends, rolled back on error)."""
+    return _flow_tx(store, write=True)
+
+
+def flow_reading(store: Store) -> AbstractContextManager[FlowTx]:
+    """Reads outside a transaction (each statement on its own): a cheap look before a sweep
+    opens a write transaction (on SQLite, one that takes the whole file's write lock)."""
+    return _flow_tx(store, write=False)
+
+
+@contextmanager
+def _flow_tx(store: Store, *, write: bool) -> Iterator[FlowTx]:
     if _is(store, "conveyor.store.sqlite", "SqliteStore"):
         from conveyor.store.sqlite_flow import SqliteFlowTx
 
-        with store.transaction() as conn:  # type: ignore[attr-defined]
+        with store.transaction() if write else store.locked() as conn:  # type: ignore[attr-defined]
             yield SqliteFlowTx(store, conn)  # type: ignore[arg-type]
     elif _is(store, "conveyor.store.postgres", "PostgresStore"):
         from conveyor.store.postgres_flow import PostgresFlowTx
 
-        with store.transaction() as conn:  # type: ignore[attr-defined]
+        with store.transaction() if write else store.connection() as conn:  # type: ignore[attr-defined]
             yield PostgresFlowTx(conn)
     elif _is(store, "conveyor.store.postgres_async", "LoopStore"):  # a worker process: asyncpg on its loop
         from conveyor.store.postgres_async_flow import loop_transaction
 
-        with loop_transaction(store) as atx:  # type: ignore[arg-type]
-            yield atx
-    else:
-        raise TypeError(f"flow control needs the SQLite or PostgreSQL store, not {type(store).__name__}")
-
-
-@contextmanager
-def flow_reading(store: Store) -> Iterator[FlowTx]:
-    """Reads outside a transaction (each statement on its own): a cheap look before a sweep
-    opens a write transaction (on SQLite, one that takes the whole file's write lock)."""
-    if _is(store, "conveyor.store.sqlite", "SqliteStore"):
-        from conveyor.store.sqlite_flow import SqliteFlowTx
-
-        with store.locked() as conn:  # type: ignore[attr-defined]
-            yield SqliteFlowTx(store, conn)  # type: ignore[arg-type]
-    elif _is(store, "conveyor.store.postgres", "PostgresStore"):
-        from conveyor.store.postgres_flow import PostgresFlowTx
-
-        with store.connection() as conn:  # type: ignore[attr-defined]
-            yield PostgresFlowTx(conn)
-    elif _is(store, "conveyor.store.postgres_async", "LoopStore"):
-        from conveyor.store.postgres_async_flow import loop_transaction
-
-        with loop_transaction(store, write=False) as atx:  # type: ignore[arg-type]
+        with loop_transaction(store, write=write) as atx:  # type: ignore[arg-type]
             yield atx
     else:
         raise TypeError(f"flow control needs the SQLite or PostgreSQL store, not {type(store).__name__}")
