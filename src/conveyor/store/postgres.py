@@ -321,23 +321,21 @@ class PostgresStore:
 
     @_once_more_if_the_connection_died
     def claim_many(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
-        keep = batch.first_of_each_id([c[0] for c in claims])
+        ids = [c[0] for c in claims]
+        keep = batch.first_of_each_id(ids)
         with _driver_errors("claim"), self._by_key_lookups() as conn:
             rows = conn.cursor(row_factory=_task_rows).execute(
                 _CLAIMS_SQL, batch.claims_params([claims[k] for k in keep], node, lease_s)).fetchall()
-        started = {t.id: t for t in rows}
-        kept = set(keep)
-        return [started.get(c[0]) if i in kept else None for i, c in enumerate(claims)]
+        return batch.in_order(ids, keep, rows)
 
     @_once_more_if_the_connection_died
     def finish_many(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
-        keep = batch.first_of_each_id([o.task_id for o in outcomes])
+        ids = [o.task_id for o in outcomes]
+        keep = batch.first_of_each_id(ids)
         with _driver_errors("finish"), self._by_key_lookups() as conn:
             rows = conn.cursor(row_factory=_task_rows).execute(
                 _OUTCOMES_SQL, _batch_json(batch.outcomes_params([outcomes[k] for k in keep], node))).fetchall()
-        written = {t.id: t for t in rows}
-        kept = set(keep)
-        return [written.get(o.task_id) if i in kept else None for i, o in enumerate(outcomes)]
+        return batch.in_order(ids, keep, rows)
 
     def update_many(self, items: Sequence[UpdateItem]) -> list[Task | None]:
         """Apply a batch of ``update`` calls in one transaction and (pipelined) one round trip.

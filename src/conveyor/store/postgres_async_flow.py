@@ -83,22 +83,20 @@ class AsyncFlowTx:
         return {uuid.UUID(str(t.id)): t for t in found}
 
     def claim(self, claims: Sequence[tuple[uuid.UUID, int]], node: str, lease_s: float) -> list[Task | None]:
-        keep = batch.first_of_each_id([c[0] for c in claims])
+        ids = [c[0] for c in claims]
+        keep = batch.first_of_each_id(ids)
         if not keep:
             return []
-        started = {t.id: t for t in self._tasks(_CLAIMS_SQL, batch.claims_params([claims[k] for k in keep], node,
-                                                                                  lease_s))}
-        kept = set(keep)
-        return [started.get(c[0]) if i in kept else None for i, c in enumerate(claims)]
+        rows = self._tasks(_CLAIMS_SQL, batch.claims_params([claims[k] for k in keep], node, lease_s))
+        return batch.in_order(ids, keep, rows)
 
     def finish(self, outcomes: Sequence[Outcome], node: str) -> list[Task | None]:
-        keep = batch.first_of_each_id([o.task_id for o in outcomes])
+        ids = [o.task_id for o in outcomes]
+        keep = batch.first_of_each_id(ids)
         if not keep:
             return []
-        written = {t.id: t for t in self._tasks(_OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep],
-                                                                                      node))}
-        kept = set(keep)
-        return [written.get(o.task_id) if i in kept else None for i, o in enumerate(outcomes)]
+        rows = self._tasks(_OUTCOMES_SQL, batch.outcomes_params([outcomes[k] for k in keep], node))
+        return batch.in_order(ids, keep, rows)
 
     def update(self, task: Task, to_status: TaskStatus | None, *, node: str | None = None,
                detail: str | None = None, publish: bool = False, **changes: Any) -> Task:

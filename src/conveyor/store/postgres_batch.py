@@ -7,9 +7,10 @@ server's clock (``clock_timestamp()``), never the worker's."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from conveyor.model import Task
 from conveyor.store.base import CLAIM_EARLY_SLACK_S, Outcome
 
 CLOCK = "extract(epoch FROM clock_timestamp())::float8"
@@ -139,3 +140,11 @@ def first_of_each_id(ids: Sequence[uuid.UUID]) -> list[int]:
             seen.add(task_id)
             keep.append(index)
     return keep
+
+
+def in_order(ids: Sequence[uuid.UUID], keep: Sequence[int], written: Iterable[Task]) -> list[Task | None]:
+    """The tasks a batch wrote for the ``keep`` indexes, back in the order of ``ids``: None for a
+    repeated id and for a write that did not apply."""
+    by_id = {t.id: t for t in written}
+    kept = set(keep)
+    return [by_id.get(task_id) if i in kept else None for i, task_id in enumerate(ids)]
