@@ -14,7 +14,8 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
@@ -75,13 +76,28 @@ def connect(url: str) -> sqlite3.Connection:
     try:
         # busy_timeout first: switching to WAL needs a lock another process may hold.
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _while_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
         conn.execute("PRAGMA synchronous = NORMAL")
         check_integrity(conn, path)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _while_locked(step: Callable[[], object]) -> None:
+    """Run ``step``, again while it fails with "database is locked", up to the busy timeout.
+    SQLite answers the switch to WAL with SQLITE_BUSY at once, without its busy handler, when
+    another process is switching the same new file (seen with workers started together)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
 
 
 def check_integrity(conn: sqlite3.Connection, path: str) -> None:
