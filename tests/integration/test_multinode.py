@@ -143,10 +143,13 @@ def test_a_worker_killed_mid_run_loses_no_task_and_its_in_flight_tasks_run_elsew
     workers = start_nodes(cluster)
     victim = workers[-1]
     started = time.monotonic()
-    submitter = Submitter(cluster, requests(2000, sleep_s=0.05))
+    # Tasks of 0.2 s: 24 slots run 120/s, slower than the clients submit, so a backlog builds
+    # and the victim's slots are all busy when it dies (with 0.05 s tasks the clients were the
+    # bottleneck, and on a loaded CI machine the victim was once idle at the kill).
+    submitter = Submitter(cluster, requests(900, sleep_s=0.2))
     submitter.start()
 
-    wait_for_executions(cluster, victim.node_id, at_least=100)
+    wait_for_executions(cluster, victim.node_id, at_least=60)
     victim.kill_all()
     killed_at = time.time()
     submitted = submitter.result(timeout_s=60)
