@@ -7,6 +7,7 @@ PostgreSQL store has (migrations, pooling under threads, update_many, index use)
 from __future__ import annotations
 
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -304,3 +305,30 @@ def test_a_data_exception_is_store_refused_and_an_outage_is_not(postgres_url: st
 
     refused, other = asyncio.run(through_asyncpg())
     assert "22012" in str(refused) and not isinstance(other, StoreRefused)
+
+
+def test_a_statement_left_unanswered_is_given_up_and_its_connection_dropped(postgres_url: str) -> None:
+    """A worker's write sent into a network cut would otherwise hang until TCP gives up; here the
+    server stays silent for 5 s (pg_sleep) and the statement timeout is 0.3 s."""
+    import asyncio
+
+    from conveyor.store.postgres_async import AsyncPostgres
+
+    async def run() -> tuple[float, str, int]:
+        db = AsyncPostgres(postgres_url, min_size=1, max_size=1, statement_timeout_s=0.3)
+        await db.open()
+        try:
+            pid_before = (await db._fetch("SELECT pg_backend_pid()", ()))[0][0]
+            started = time.monotonic()
+            with pytest.raises(StoreError) as hung:
+                await db._fetch("SELECT pg_sleep(5)", ())
+            waited = time.monotonic() - started
+            pid_after = (await db._fetch("SELECT pg_backend_pid()", ()))[0][0]  # the pool still serves
+            return waited, str(hung.value), int(pid_after != pid_before)
+        finally:
+            await db.close()
+
+    waited, message, new_connection = asyncio.run(run())
+    assert waited < 2.0, f"the statement was waited for {waited:.1f} s"
+    assert "no answer within 0.3 s" in message
+    assert new_connection, "the connection in doubt went back to the pool"

@@ -35,6 +35,10 @@ from conveyor.store import postgres_sql as pg
 from conveyor.store.base import Outcome
 
 _CLOCK_REFRESH_S = 60.0
+# A statement unanswered this long is given up (asyncpg's command_timeout) and its connection
+# dropped: without it a write sent into a network cut hangs until TCP gives up (~15 min), holding
+# its slot. No worker statement takes near this long, and a lease (30 s by default) is gone by then.
+STATEMENT_TIMEOUT_S = 30.0
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s")
 
 
@@ -67,9 +71,11 @@ _CYCLE_SQL = batch.cycle_sql(pg._EVENT_COLS)
 
 
 class AsyncPostgres:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 3) -> None:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 3,
+                 statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> None:
         self.url = url
         self._min_size, self._max_size = min_size, max_size
+        self._statement_timeout_s = statement_timeout_s
         self._pool: asyncpg.Pool | None = None
         self._claims: asyncpg.Pool | None = None  # synchronous_commit off: cycles that only claim
         self._clock_offset = 0.0
@@ -85,13 +91,14 @@ class AsyncPostgres:
             # reset=_nothing: by default a pool resets every connection it gets back (a round trip
             # per statement); these connections keep no session state to reset.
             self._pool = await asyncpg.create_pool(self.url, min_size=self._min_size, max_size=self._max_size,
-                                                   init=init, reset=_nothing, server_settings=settings)
+                                                   init=init, reset=_nothing, server_settings=settings,
+                                                   command_timeout=self._statement_timeout_s)
             # A cycle that only claims need not wait for the disk: a claim lost in a server crash
             # is redone from its message (still unacked), and should its handler have finished,
             # the fenced outcome finds the task back in its queue and hands the delivery back.
             self._claims = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=1, init=init, reset=_nothing,
-                server_settings={**settings, "synchronous_commit": "off"})
+                server_settings={**settings, "synchronous_commit": "off"}, command_timeout=self._statement_timeout_s)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"postgres store: connect failed: {exc}") from exc
         await self.refresh_clock()
@@ -135,6 +142,8 @@ class AsyncPostgres:
         except asyncpg.PostgresError as exc:
             refused = (getattr(exc, "sqlstate", None) or "").startswith("22")
             raise (StoreRefused if refused else StoreError)(f"postgres store: {_describe(exc)}") from exc
+        except TimeoutError as exc:
+            raise StoreError(f"postgres store: no answer within {self._statement_timeout_s:g} s") from exc
         except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             raise StoreError(f"postgres store: connection lost: {exc!r}") from exc
 
