@@ -191,6 +191,27 @@ def test_operator_commands_talk_to_a_remote_scheduler(workers: Workers, tmp_path
         assert [t["id"] for t in listing["tasks"]] == [task["id"]]
         wrong = conveyor(workers, "tasks", "--json", env={**api, "CONVEYOR_API_TOKEN": "nope"})
         assert wrong.returncode == 1 and orjson.loads(wrong.stdout)["error"]["type"] == "unauthorized"
+
+        # schedules too: the store URL above does not exist, so all of this went over HTTP
+        added = ok_json(conveyor(workers, "schedule", "add", "nightly", "--type", "console.fail_first",
+                                 "--params", '{"order": "S"}', "--cron", "0 3 * * *", "--tz", "Europe/Paris",
+                                 "--json", env=api))
+        assert (added["name"], added["cron"], added["timezone"], added["enabled"]) == (
+            "nightly", "0 3 * * *", "Europe/Paris", True)
+        assert ok_json(conveyor(workers, "schedule", "disable", "nightly", "--json", env=api))["enabled"] is False
+        listed = ok_json(conveyor(workers, "schedule", "list", "--json", env=api))
+        assert [(s["name"], s["enabled"]) for s in listed] == [("nightly", False)]
+        fired = ok_json(conveyor(workers, "schedule", "run", "nightly", "--json", env=api))
+        assert (fired["type"], fired["params"]) == ("console.fail_first", {"order": "S"})
+        table = conveyor(workers, "schedule", "list", env=api)
+        assert table.returncode == 0 and "nightly" in table.stdout and "Europe/Paris" in table.stdout
+        bad = conveyor(workers, "schedule", "add", "x", "--type", "t", "--cron", "0 7 * *", "--json", env=api)
+        assert bad.returncode == 1 and orjson.loads(bad.stdout)["error"]["type"] == "validation", bad.stdout
+        taken = conveyor(workers, "schedule", "add", "nightly", "--type", "t", "--every", "60", "--json", env=api)
+        assert taken.returncode == 1 and orjson.loads(taken.stdout)["error"]["type"] == "conflict", taken.stdout
+        assert ok_json(conveyor(workers, "schedule", "rm", "nightly", "--json", env=api)) == {"deleted": "nightly"}
+        gone = conveyor(workers, "schedule", "enable", "nightly", "--json", env=api)
+        assert gone.returncode == 1 and orjson.loads(gone.stdout)["error"]["type"] == "not_found", gone.stdout
     finally:
         scheduler.terminate()
         try:

@@ -329,6 +329,9 @@ def test_the_cli_adds_lists_and_removes_schedules(sqlite_url: str) -> None:
     assert isinstance(bad.exception, InvalidSchedule) and bad.exception.field == "cron"
     assert run("schedule", "add", "x", "--type", "t", "--cron", "0 7 * * *", "--every", "5").exit_code == 2
     assert isinstance(run("schedule", "rm", "nope").exception, ScheduleNotFound)
+    disabled = run("schedule", "disable", "report")
+    assert disabled.exit_code == 0 and json.loads(disabled.output)["enabled"] is False
+    assert json.loads(run("schedule", "enable", "report").output)["enabled"] is True
 
 
 # -- node watch ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -48,6 +49,11 @@ class Backend(Protocol):
     def dead_letters(self, limit: int) -> list[dict[str, Any]]: ...
     def dead_action(self, action: str, ids: list[str] | None) -> int: ...
     def purge(self, finished_before: float) -> int: ...
+    def schedules(self) -> list[dict[str, Any]]: ...
+    def schedule_create(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def schedule_change(self, name: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    def schedule_delete(self, name: str) -> None: ...
+    def schedule_run(self, name: str) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
@@ -60,6 +66,7 @@ class LocalBackend:
         self._store: Any = None
         self._broker: Any = None
         self._ops: Any = None
+        self._schedules: Any = None
 
     def ops(self) -> Any:
         """The Operations over the store (opened only if it exists) and a lazily opened broker."""
@@ -142,7 +149,47 @@ class LocalBackend:
     def purge(self, finished_before: float) -> int:
         return int(self.ops().purge(finished_before))
 
+    def schedule_store(self, *, existing: bool = False) -> Any:
+        """The schedule store beside the tasks (reads never create it)."""
+        if self._schedules is None:
+            from conveyor import _sqlite
+            from conveyor.scheduler.schedule_store import open_schedule_store
+
+            check_deployment(self.settings)
+            with _sqlite.existing_only() if existing else nullcontext():
+                self._schedules = open_schedule_store(self.settings.store_url)
+        return self._schedules
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self.schedule_store(existing=True).all()]
+
+    def schedule_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        from conveyor.scheduler.schedules import Schedule
+
+        fields = {k: v for k, v in body.items() if k not in ("name", "type")}
+        return dict(self.schedule_store().create(Schedule.new(body["name"], body["type"], **fields)).to_dict())
+
+    def schedule_change(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        store = self.schedule_store()
+        return dict(store.update(store.get(name).redefine(**changes)).to_dict())
+
+    def schedule_delete(self, name: str) -> None:
+        self.schedule_store().delete(name)
+
+    def schedule_run(self, name: str) -> dict[str, Any]:
+        from conveyor.app import Conveyor
+        from conveyor.scheduler.manual import run_now
+
+        schedule = self.schedule_store().get(name)
+        app = Conveyor(settings=self.settings)
+        try:
+            return dict(run_now(app.service, schedule).to_dict())
+        finally:
+            app.close()
+
     def close(self) -> None:
+        if self._schedules is not None:
+            self._schedules.close()
         if self._ops is not None:
             if self._broker is not None:
                 self._ops.service.close()  # publish what a retry or replay handed to the outbox
@@ -251,6 +298,25 @@ class HttpBackend:
     def purge(self, finished_before: float) -> int:
         result = self._call("POST", "/api/v1/tasks:purge", json={"finished_before": iso(finished_before)})
         return int(result["deleted"])
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/schedules")["schedules"])
+
+    def schedule_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        wire = {k: v for k, v in body.items() if v is not None}
+        result: dict[str, Any] = self._call("POST", "/api/v1/schedules", json=wire)
+        return result
+
+    def schedule_change(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PATCH", f"/api/v1/schedules/{quote(name, safe='')}", json=changes)
+        return result
+
+    def schedule_delete(self, name: str) -> None:
+        self._call("DELETE", f"/api/v1/schedules/{quote(name, safe='')}")
+
+    def schedule_run(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/api/v1/schedules/{quote(name, safe='')}/run")
+        return result
 
     def close(self) -> None:
         self._client.close()

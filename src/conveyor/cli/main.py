@@ -127,12 +127,14 @@ def fail(message: str, *, kind: str = "error", code: int = 1) -> None:
 
 def error_kind(exc: BaseException) -> str:
     from conveyor.errors import ConcurrentUpdate, ConfigError, InvalidTransition, StoreError, TaskNotFound
+    from conveyor.scheduler.schedule_store import DuplicateSchedule, ScheduleChanged, ScheduleNotFound
     from conveyor.store.queries import AmbiguousId
 
     remote = getattr(exc, "type", None)
     if isinstance(remote, str):
         return remote
-    for cls, kind in ((TaskNotFound, "not_found"), (InvalidTransition, "conflict"), (ConcurrentUpdate, "conflict"),
+    for cls, kind in ((TaskNotFound, "not_found"), (ScheduleNotFound, "not_found"), (InvalidTransition, "conflict"),
+                      (ConcurrentUpdate, "conflict"), (DuplicateSchedule, "conflict"), (ScheduleChanged, "conflict"),
                       (AmbiguousId, "ambiguous_id"), (ConfigError, "config"), (StoreError, "unavailable")):
         if isinstance(exc, cls):
             return kind

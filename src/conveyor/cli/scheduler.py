@@ -7,7 +7,6 @@ its leader lease over on the way out.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -23,11 +22,9 @@ from conveyor.cli.main import CliContext, cli, json_option
 from conveyor.config import Settings, check_deployment
 from conveyor.errors import SerializationError
 from conveyor.message import loads
-from conveyor.model import iso
 from conveyor.operations import Operations
 from conveyor.reports import open_report_consumer
-from conveyor.scheduler.schedule_store import ScheduleStore, open_schedule_store
-from conveyor.scheduler.schedules import Schedule
+from conveyor.scheduler.schedule_store import open_schedule_store
 from conveyor.scheduler.service import SchedulerService
 from conveyor.service import TaskService
 
@@ -142,14 +139,9 @@ def _start_http(settings: Settings, host: str, port: int, tasks: TaskService) ->
 # -- conveyor schedule ... ------------------------------------------------------------------
 @cli.group()
 def schedule() -> None:
-    """Manage periodic schedules (stored beside the tasks; the scheduler fires them)."""
+    """Manage periodic schedules (stored beside the tasks; the scheduler fires them).
 
-
-def _store(ctx: CliContext, *, existing: bool = False) -> ScheduleStore:
-    from conveyor import _sqlite
-
-    with _sqlite.existing_only() if existing else contextlib.nullcontext():
-        return open_schedule_store(ctx.settings.store_url)
+    With --api URL they go through that scheduler's HTTP API, like the other operator commands."""
 
 
 @schedule.command("add")
@@ -174,16 +166,15 @@ def schedule_add(ctx: CliContext, name: str, task_type: str, params: str, cron: 
         parsed = loads(params)
     except SerializationError as exc:
         raise click.BadParameter(str(exc), param_hint="--params") from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--params")
     if (cron is None) == (interval_s is None):
         raise click.UsageError("give exactly one of --cron or --every")
-    new = Schedule.new(name, task_type, params=parsed, cron=cron, timezone=timezone, interval_s=interval_s,
-                       misfire=misfire, queue=queue, priority=priority, enabled=not disabled)
-    store = _store(ctx)
-    try:
-        stored = store.create(new)
-    finally:
-        store.close()
-    _show(ctx, [stored], one=True)
+    body = {"name": name, "type": task_type, "params": parsed, "cron": cron, "timezone": timezone,
+            "interval_s": interval_s, "misfire": misfire, "queue": queue, "priority": priority,
+            "enabled": not disabled}
+    with ctx.backend() as backend:
+        _show(ctx, [backend.schedule_create(body)], one=True)
 
 
 @schedule.command("list")
@@ -191,11 +182,8 @@ def schedule_add(ctx: CliContext, name: str, task_type: str, params: str, cron: 
 @click.pass_obj
 def schedule_list(ctx: CliContext) -> None:
     """List the schedules."""
-    store = _store(ctx, existing=True)
-    try:
-        _show(ctx, store.all())
-    finally:
-        store.close()
+    with ctx.backend() as backend:
+        _show(ctx, backend.schedules())
 
 
 @schedule.command("rm")
@@ -204,11 +192,8 @@ def schedule_list(ctx: CliContext) -> None:
 @click.pass_obj
 def schedule_rm(ctx: CliContext, name: str) -> None:
     """Delete schedule NAME (tasks it already submitted stay)."""
-    store = _store(ctx)
-    try:
-        store.delete(name)
-    finally:
-        store.close()
+    with ctx.backend() as backend:
+        backend.schedule_delete(name)
     if ctx.json:
         render.emit_json({"deleted": name})
     else:
@@ -221,17 +206,9 @@ def schedule_rm(ctx: CliContext, name: str) -> None:
 @click.pass_obj
 def schedule_run(ctx: CliContext, name: str) -> None:
     """Submit one task of schedule NAME now (its fire times are left as they are)."""
-    from conveyor.app import Conveyor
-    from conveyor.scheduler.manual import run_now
-
-    store = _store(ctx)
-    app = Conveyor(settings=ctx.settings)
-    try:
-        task = run_now(app.service, store.get(name))
-    finally:
-        store.close()
-        app.close()
-    render.emit_json(task.to_dict()) if ctx.json else render.say(f"{name}: submitted task {task.id}")
+    with ctx.backend() as backend:
+        task = backend.schedule_run(name)
+    render.emit_json(task) if ctx.json else render.say(f"{name}: submitted task {task['id']}")
 
 
 @schedule.command("enable")
@@ -240,7 +217,8 @@ def schedule_run(ctx: CliContext, name: str) -> None:
 @click.pass_obj
 def schedule_enable(ctx: CliContext, name: str) -> None:
     """Resume schedule NAME (from its next fire time; missed ones are not run)."""
-    _set_enabled(ctx, name, True)
+    with ctx.backend() as backend:
+        _show(ctx, [backend.schedule_change(name, {"enabled": True})], one=True)
 
 
 @schedule.command("disable")
@@ -249,27 +227,20 @@ def schedule_enable(ctx: CliContext, name: str) -> None:
 @click.pass_obj
 def schedule_disable(ctx: CliContext, name: str) -> None:
     """Pause schedule NAME."""
-    _set_enabled(ctx, name, False)
+    with ctx.backend() as backend:
+        _show(ctx, [backend.schedule_change(name, {"enabled": False})], one=True)
 
 
-def _set_enabled(ctx: CliContext, name: str, enabled: bool) -> None:
-    store = _store(ctx)
-    try:
-        updated = store.update(store.get(name).redefine(enabled=enabled))
-    finally:
-        store.close()
-    _show(ctx, [updated], one=True)
-
-
-def _show(ctx: CliContext, schedules: list[Schedule], *, one: bool = False) -> None:
+def _show(ctx: CliContext, schedules: list[dict[str, Any]], *, one: bool = False) -> None:
+    """Schedules in the API's JSON shape (``Schedule.to_dict()``), as JSON or a table."""
     if ctx.json:
-        render.emit_json(schedules[0].to_dict() if one else [s.to_dict() for s in schedules])
+        render.emit_json(schedules[0] if one else schedules)
         return
     table = Table(show_header=True, header_style="bold")
     for col in ("name", "type", "when", "misfire", "enabled", "next fire", "last fired"):
         table.add_column(col)
     for s in schedules:
-        when = f"{s.cron} ({s.timezone})" if s.cron else f"every {s.interval_s:g} s"
-        table.add_row(s.name, s.type, when, s.misfire, "yes" if s.enabled else "[dim]no[/]",
-                      iso(s.next_fire_at) or "", iso(s.last_fired_at) or "")
+        when = f"{s['cron']} ({s['timezone']})" if s["cron"] else f"every {s['interval_s']:g} s"
+        table.add_row(s["name"], s["type"], when, s["misfire"], "yes" if s["enabled"] else "[dim]no[/]",
+                      s["next_fire_at"] or "", s["last_fired_at"] or "")
     render.show(table)
