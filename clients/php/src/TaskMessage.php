@@ -80,6 +80,12 @@ final class TaskMessage
             || ($trace !== [] && array_is_list($trace))) {
             throw new ValidationFailed('trace must be a JSON object of strings', ['trace']);
         }
+        // flow (§10) is the center's business, not the worker's, but a body the schema refuses is
+        // dead-lettered here too: an object (or null) with no NUL, as it is stored with the task.
+        $flow = $data['flow'] ?? null;
+        if ($flow !== null) {
+            Validation::json(self::object($flow, 'flow', $body), 'flow');
+        }
         $timeout = $data['timeout'] ?? null;
         return new self(
             id: strtolower($data['id']),
