@@ -5,8 +5,9 @@
  * Processes: a submitter (store write + outbox intent, publish, confirm, delete intent), the
  * broker (a queue of task messages that redelivers what a dead consumer held, and may duplicate
  * a message), Conveyor workers (claim by compare-and-set with the attempt fence and a store-clock
- * lease, renew, outcome fenced, then ack), a foreign worker whose reports the center applies, the
- * reaper (takes over an expired lease, with an intent), the outbox reconciler, and the store's
+ * lease, renew, outcome fenced, then ack), foreign workers (the same claim and renewal, asked of
+ * the center; the outcome reported on the reports queue, then ack) and the center applying those
+ * reports, the reaper (takes over an expired lease, with an intent), the outbox reconciler, and the store's
  * clock (a lease may lapse at any moment: a pause, a slow node, a skewed worker). Any worker,
  * the submitter and the reaper may crash at any step; a crashed worker comes back under a new
  * node id. A message is just the attempt number it carries.
@@ -43,7 +44,7 @@
 #define MAXATT 2        /* max_attempts */
 
 mtype = { NONE, QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED };
-mtype = { R_RUNNING, R_SUCCEEDED, R_FAILED };
+mtype = { R_SUCCEEDED, R_FAILED };
 
 /* the store: one task row, and its outbox */
 mtype status = NONE;
@@ -67,7 +68,7 @@ byte dead_a = 0, dead_b = 0;     /* node ids of crashed processes: their leases 
    redeliveries and retries (docs/protocol.md 6), so the queue is a multiset: sent sorted (!!),
    and a consumer may receive any message in it (RECEIVE). Larger than ever filled. */
 chan tasks = [6] of { byte };
-chan reports = [2] of { mtype, byte, byte };  /* kind, attempt, node */
+chan reports = [2] of { mtype, byte, byte };  /* outcome reports: kind, attempt, node */
 
 #define DEAD(n) (n != 0 && (n == dead_a || n == dead_b))
 #define DIE(me) if :: dead_a == 0 -> dead_a = me :: else -> dead_b = me fi; me = me + 10
@@ -135,6 +136,34 @@ inline fail_attempt(a, me, g, pub) {
     }
 }
 
+/* The claim: one compare-and-set on the store (a Conveyor worker's own statement, or the center's
+   answer to a foreign worker's claim: run, drop or later). Jumps to the caller's labels. */
+inline claim(m, me, a, held) {
+    atomic {
+        assert(status != NONE);               /* a message never precedes its row */
+        if
+        :: FINAL -> goto ack                  /* DROP: already final */
+        :: WAITING && m <= attempts -> goto ack          /* DROP: a stale copy of an older attempt */
+        :: WAITING && m > attempts ->
+            status = RUNNING; attempts = m; node = me; lease = true; a = m
+        :: status == RUNNING && node == me && attempts == m -> a = m  /* repeat of its own claim */
+        :: status == RUNNING && lease && !(node == me && attempts == m) ->
+            tasks!!m; held = false; goto end_idle           /* LATER: hand it back */
+        :: status == RUNNING && !lease ->                   /* take over an expired lease */
+            crashes++;
+            if
+            :: crashes >= MAXCRASH -> status = FAILED; node = 0; goto ack
+            :: else ->
+                if
+                :: m > attempts + 1 -> a = m
+                :: else -> a = attempts + 1
+                fi;
+                attempts = a; node = me; lease = true
+            fi
+        fi
+    }
+}
+
 proctype Worker(byte id) {
     byte me = id, m, a, g;
     bool held = false, pub;
@@ -142,29 +171,7 @@ end_idle:
     do
     :: nempty(tasks) ->
         atomic { RECEIVE(m); held = true }
-        atomic {                              /* claim: one compare-and-set on the store */
-            assert(status != NONE);           /* a message never precedes its row */
-            if
-            :: FINAL -> goto ack              /* DROP: already final */
-            :: WAITING && m <= attempts -> goto ack      /* DROP: a stale copy of an older attempt */
-            :: WAITING && m > attempts ->
-                status = RUNNING; attempts = m; node = me; lease = true; a = m
-            :: status == RUNNING && node == me && attempts == m -> a = m  /* repeat of its own claim */
-            :: status == RUNNING && lease && !(node == me && attempts == m) ->
-                tasks!!m; held = false; goto end_idle           /* LATER: hand it back */
-            :: status == RUNNING && !lease ->                   /* take over an expired lease */
-                crashes++;
-                if
-                :: crashes >= MAXCRASH -> status = FAILED; node = 0; goto ack
-                :: else ->
-                    if
-                    :: m > attempts + 1 -> a = m
-                    :: else -> a = attempts + 1
-                    fi;
-                    attempts = a; node = me; lease = true
-                fi
-            fi
-        }
+        claim(m, me, a, held);
         do                                    /* the handler runs; the keeper renews */
         :: atomic { OWNS(a, me) -> lease = true }
         :: atomic { !OWNS(a, me) -> goto ack }  /* renewal failed: lost it, stop the handler */
@@ -199,64 +206,65 @@ crash:
     goto end_idle
 }
 
-/* A worker in another language: reports running / succeeded (confirmed), then acks. It never
-   learns that it lost the task; the center's compare-and-set alone keeps it out. */
+/* A worker in another language (clients/php, docs/protocol.md 7): claims through the center and
+   renews through it (answered "stop" once it lost the task, so it stops its handler), then
+   reports its outcome on the reports queue (confirmed) and acks: the center applies the outcome
+   after the ack, fenced like a Conveyor worker's own write. (The claim-less flow of older foreign
+   workers, whose first report starts the attempt, is not modelled.) */
 proctype Foreign(byte id) {
-    byte me = id, m;
+    byte me = id, m, a;
+    bool held = false;
 end_idle:
     do
     :: nempty(tasks) ->
-        atomic { RECEIVE(m) }
-        reports!R_RUNNING, m, me;
-        if
-        :: reports!R_RUNNING, m, me           /* repeated every lease_s / 3 (once here) */
-        :: skip
+        atomic { RECEIVE(m); held = true }
+        claim(m, me, a, held);
+        do                                    /* the handler runs; heartbeats renew */
+        :: atomic { OWNS(a, me) -> lease = true }
+        :: atomic { !OWNS(a, me) -> goto ack }  /* answered "stop": lost it, stop the handler */
+        :: break
         :: CRASH -> goto crash
-        fi;
+        od;
         if
-        :: reports!R_SUCCEEDED, m, me
-        :: reports!R_FAILED, m, me
+        :: reports!R_SUCCEEDED, a, me         /* confirmed by the broker */
+        :: reports!R_FAILED, a, me
         fi;
         if
         :: CRASH -> goto crash                /* report confirmed, message not acked */
         :: else -> skip
-        fi
+        fi;
+ack:    atomic { held = false; m = 0; a = 0 }
+    :: atomic { dup_budget > 0 && nempty(tasks) && nfull(tasks) -> dup_budget--; tasks?<m>; tasks!!m }  /* a duplicate */
     od;
 crash:
-    tasks!!m;
-    atomic { DIE(me) };
+    if
+    :: held -> tasks!!m; held = false
+    :: else -> skip
+    fi;
+    atomic { DIE(me); m = 0; a = 0 };
     goto end_idle
 }
 
-/* The center's report consumer: applies each report by compare-and-set, then acks it. */
+/* The center's report consumer: applies each outcome report fenced (the owner of the current
+   attempt only), then acks it. It may die after applying a failure and before publishing the
+   retry: the report comes again (fenced: a no-op) and the retry's intent stays in the outbox. */
 proctype Center() {
     mtype k; byte a, n, g;
     bool pub;
 end_loop:
     do
     :: reports?k, a, n ->
-        atomic {
-            if
-            :: k == R_RUNNING && WAITING && attempts + 1 == a ->
-                status = RUNNING; attempts = a; node = n; lease = true
-            :: k == R_RUNNING && status == RUNNING && attempts == a && (node == n || !lease) ->
-                node = n; lease = true        /* renewal, or take-over of a lapsed lease */
-            :: k == R_SUCCEEDED && WAITING && attempts + 1 == a ->
-                status = RUNNING; attempts = a; node = n; RECORD_SUCCESS(a, n)
-            :: k == R_SUCCEEDED && status == RUNNING && attempts == a && node == n ->
-                RECORD_SUCCESS(a, n)
-            :: else -> skip                   /* stale, duplicate or someone else's: ignored */
-            fi
-        }
         if
+        :: k == R_SUCCEEDED -> atomic { if :: OWNS(a, n) -> RECORD_SUCCESS(a, n) :: else -> skip fi }
         :: k == R_FAILED ->
-            atomic { if :: WAITING && attempts + 1 == a -> status = RUNNING; attempts = a; node = n :: else fi }
             fail_attempt(a, n, g, pub);
             if
-            :: pub -> tasks!!(a + 1); DELETE_INTENT(g)
+            :: pub -> if
+                      :: CRASH -> skip
+                      :: else -> tasks!!(a + 1); DELETE_INTENT(g)
+                      fi
             :: else -> skip
             fi
-        :: else -> skip
         fi;
         atomic { k = 0; a = 0; n = 0; g = 0; pub = false }
     od

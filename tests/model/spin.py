@@ -80,10 +80,14 @@ CONFIGURATIONS: list[tuple[tuple[str, ...], bool]] = [
     (("-DNCONVEYOR=2", "-DCRASHES=0", "-DEXPIRIES=1"), False),
     (("-DNCONVEYOR=2", "-DCRASHES=0", "-DEXPIRIES=1", "-DNOFENCE"), True),
     (("-DNCONVEYOR=1", "-DCRASHES=1", "-DEXPIRIES=1", "-DNOOUTBOX"), True),
+    (FOREIGN_CRASHING := ("-DNCONVEYOR=0", "-DNFOREIGN=1", "-DCRASHES=1", "-DEXPIRIES=1", "-DDUPS=0"), False),
+    ((*FOREIGN_CRASHING, "-DNOFENCE"), True),
 ]
 FULL_CONFIGURATIONS: list[tuple[tuple[str, ...], bool]] = [
     (("-DNCONVEYOR=1", "-DCRASHES=2", "-DEXPIRIES=2"), False),
     (("-DNCONVEYOR=2", "-DCRASHES=0", "-DEXPIRIES=2"), False),
+    (("-DNCONVEYOR=0", "-DNFOREIGN=1", "-DCRASHES=1", "-DEXPIRIES=1", "-DDUPS=1"), False),
+    (("-DNCONVEYOR=1", "-DNFOREIGN=1", "-DCRASHES=0", "-DEXPIRIES=1"), False),
 ]
 
 
@@ -93,7 +97,7 @@ def main() -> int:
     args = parser.parse_args()
     wrong = 0
     for defines, expect_violation in CONFIGURATIONS + (FULL_CONFIGURATIONS if args.full else []):
-        check = verify(defines, timeout_s=3000)
+        check = verify(defines, timeout_s=3000, memory_mb=8192 if args.full else 2048)
         print(check.line(), flush=True)
         if bool(check.violated) != expect_violation or not check.complete:
             wrong += 1

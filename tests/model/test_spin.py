@@ -11,9 +11,13 @@ pytestmark = pytest.mark.timeout(300)
 
 ONE_CRASHING_WORKER = ("-DNCONVEYOR=1", "-DCRASHES=1", "-DEXPIRIES=1")
 TWO_WORKERS_LEASES_LAPSE = ("-DNCONVEYOR=2", "-DCRASHES=0", "-DEXPIRIES=1")
+# A foreign worker (claim and renewal asked of the center, outcome reported, then acked) and the
+# center applying its reports; one crash anywhere, one lease lapse (duplicates: `make model`).
+ONE_CRASHING_FOREIGN_WORKER = ("-DNCONVEYOR=0", "-DNFOREIGN=1", "-DCRASHES=1", "-DEXPIRIES=1", "-DDUPS=0")
 
 
-@pytest.mark.parametrize("defines", [ONE_CRASHING_WORKER, TWO_WORKERS_LEASES_LAPSE], ids=["crash", "lapse"])
+@pytest.mark.parametrize("defines", [ONE_CRASHING_WORKER, TWO_WORKERS_LEASES_LAPSE, ONE_CRASHING_FOREIGN_WORKER],
+                         ids=["crash", "lapse", "foreign"])
 def test_the_protocol_model_violates_no_property(defines: tuple[str, ...]) -> None:
     check = verify(defines)
     assert check.violated is None, f"{check.violated}:\n{check.output[-3000:]}"
@@ -22,6 +26,11 @@ def test_the_protocol_model_violates_no_property(defines: tuple[str, ...]) -> No
 
 def test_without_the_fence_a_stale_owner_overwrites_a_newer_attempt() -> None:
     check = verify((*TWO_WORKERS_LEASES_LAPSE, "-DNOFENCE"))
+    assert check.violated == "P2 twice / P3 fence", check.output[-3000:]
+
+
+def test_without_the_fence_the_center_applies_a_foreign_workers_stale_report() -> None:
+    check = verify((*ONE_CRASHING_FOREIGN_WORKER, "-DNOFENCE"))
     assert check.violated == "P2 twice / P3 fence", check.output[-3000:]
 
 
