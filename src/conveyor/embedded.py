@@ -6,11 +6,11 @@ nothing can be stored without its message. ``together(store, broker)`` says whet
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor._sqlite import sqlite_path
 from conveyor.model import Task
 from conveyor.publisher import publish_item
 
@@ -32,6 +32,11 @@ class SqliteTogether:
 
 
 def together(store: object, broker: object) -> SqliteTogether | None:
+    # Neither SQLite module loaded: neither side is SQLite. Asking without importing them keeps
+    # sqlite3 out of a distributed process (about 1 MiB of a worker's memory).
+    if "conveyor.store.sqlite" not in sys.modules or "conveyor.broker.sqlite" not in sys.modules:
+        return None
+    from conveyor._sqlite import sqlite_path
     from conveyor.broker.sqlite import SqliteBroker
     from conveyor.store.sqlite import SqliteStore
 
