@@ -150,12 +150,12 @@ class LocalBackend:
         return int(self.ops().purge(finished_before))
 
     def schedule_store(self, *, existing: bool = False) -> Any:
-        """The schedule store beside the tasks (reads never create it)."""
+        """The schedule store beside the tasks (reads never create it). Schedules need no broker,
+        so a store URL alone will do (no deployment check, as before ``--api`` came to them)."""
         if self._schedules is None:
             from conveyor import _sqlite
             from conveyor.scheduler.schedule_store import open_schedule_store
 
-            check_deployment(self.settings)
             with _sqlite.existing_only() if existing else nullcontext():
                 self._schedules = open_schedule_store(self.settings.store_url)
         return self._schedules
