@@ -6,13 +6,17 @@ nothing can be stored without its message. ``together(store, broker)`` says whet
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
+from conveyor._loaded import is_instance
 from conveyor.model import Task
 from conveyor.publisher import publish_item
+
+if TYPE_CHECKING:
+    from conveyor.broker.sqlite import SqliteBroker
+    from conveyor.store.sqlite import SqliteStore
 
 
 class SqliteTogether:
@@ -32,16 +36,14 @@ class SqliteTogether:
 
 
 def together(store: object, broker: object) -> SqliteTogether | None:
-    # Neither SQLite module loaded: neither side is SQLite. Asking without importing them keeps
-    # sqlite3 out of a distributed process (about 1 MiB of a worker's memory).
-    if "conveyor.store.sqlite" not in sys.modules or "conveyor.broker.sqlite" not in sys.modules:
+    # Asked without importing the SQLite modules: sqlite3 stays out of a distributed process
+    # (about 1 MiB of a worker's memory).
+    if not (is_instance(store, "conveyor.store.sqlite", "SqliteStore")
+            and is_instance(broker, "conveyor.broker.sqlite", "SqliteBroker")):
         return None
     from conveyor._sqlite import sqlite_path
-    from conveyor.broker.sqlite import SqliteBroker
-    from conveyor.store.sqlite import SqliteStore
 
-    if not isinstance(store, SqliteStore) or not isinstance(broker, SqliteBroker):
-        return None
-    if os.path.realpath(sqlite_path(store.url)) != os.path.realpath(sqlite_path(broker.url)):
+    file, broker_file = sqlite_path(cast("SqliteStore", store).url), sqlite_path(cast("SqliteBroker", broker).url)
+    if os.path.realpath(file) != os.path.realpath(broker_file):
         return None
     return SqliteTogether(store, broker)

@@ -13,12 +13,12 @@ read them with ``as_uuid``.
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
+from conveyor._loaded import is_instance
 from conveyor.model import NodeInfo, Task, TaskStatus
 from conveyor.store.base import Outcome, Store
 
@@ -80,13 +80,6 @@ def as_uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
-def _is(store: object, module: str, name: str) -> bool:
-    """``isinstance`` without importing: a store of a class can only exist once its module is
-    loaded (a worker process must not load psycopg, nor the API asyncpg)."""
-    loaded = sys.modules.get(module)
-    return loaded is not None and isinstance(store, getattr(loaded, name))
-
-
 def flow_transaction(store: Store) -> AbstractContextManager[FlowTx]:
     """A flow transaction on ``store`` (committed when the block ends, rolled back on error)."""
     return _flow_tx(store, write=True)
@@ -100,17 +93,17 @@ def flow_reading(store: Store) -> AbstractContextManager[FlowTx]:
 
 @contextmanager
 def _flow_tx(store: Store, *, write: bool) -> Iterator[FlowTx]:
-    if _is(store, "conveyor.store.sqlite", "SqliteStore"):
+    if is_instance(store, "conveyor.store.sqlite", "SqliteStore"):
         from conveyor.store.sqlite_flow import SqliteFlowTx
 
         with store.transaction() if write else store.locked() as conn:  # type: ignore[attr-defined]
             yield SqliteFlowTx(store, conn)  # type: ignore[arg-type]
-    elif _is(store, "conveyor.store.postgres", "PostgresStore"):
+    elif is_instance(store, "conveyor.store.postgres", "PostgresStore"):
         from conveyor.store.postgres_flow import PostgresFlowTx
 
         with store.transaction() if write else store.connection() as conn:  # type: ignore[attr-defined]
             yield PostgresFlowTx(conn)
-    elif _is(store, "conveyor.store.postgres_async", "LoopStore"):  # a worker process: asyncpg on its loop
+    elif is_instance(store, "conveyor.store.postgres_async", "LoopStore"):  # a worker process: asyncpg on its loop
         from conveyor.store.postgres_async_flow import loop_transaction
 
         with loop_transaction(store, write=write) as atx:  # type: ignore[arg-type]
