@@ -308,18 +308,22 @@ class HttpBackend:
         return result
 
     def schedule_change(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("PATCH", f"/api/v1/schedules/{quote(name, safe='')}", json=changes)
+        result: dict[str, Any] = self._call("PATCH", _schedule_path(name), json=changes)
         return result
 
     def schedule_delete(self, name: str) -> None:
-        self._call("DELETE", f"/api/v1/schedules/{quote(name, safe='')}")
+        self._call("DELETE", _schedule_path(name))
 
     def schedule_run(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/api/v1/schedules/{quote(name, safe='')}/run")
+        result: dict[str, Any] = self._call("POST", f"{_schedule_path(name)}/run")
         return result
 
     def close(self) -> None:
         self._client.close()
+
+
+def _schedule_path(name: str) -> str:
+    return f"/api/v1/schedules/{quote(name, safe='')}"  # names may hold ':' and '@'
 
 
 def _wire_filters(filters: dict[str, Any]) -> dict[str, Any]:

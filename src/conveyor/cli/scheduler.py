@@ -217,8 +217,7 @@ def schedule_run(ctx: CliContext, name: str) -> None:
 @click.pass_obj
 def schedule_enable(ctx: CliContext, name: str) -> None:
     """Resume schedule NAME (from its next fire time; missed ones are not run)."""
-    with ctx.backend() as backend:
-        _show(ctx, [backend.schedule_change(name, {"enabled": True})], one=True)
+    _set_enabled(ctx, name, True)
 
 
 @schedule.command("disable")
@@ -227,8 +226,12 @@ def schedule_enable(ctx: CliContext, name: str) -> None:
 @click.pass_obj
 def schedule_disable(ctx: CliContext, name: str) -> None:
     """Pause schedule NAME."""
+    _set_enabled(ctx, name, False)
+
+
+def _set_enabled(ctx: CliContext, name: str, enabled: bool) -> None:
     with ctx.backend() as backend:
-        _show(ctx, [backend.schedule_change(name, {"enabled": False})], one=True)
+        _show(ctx, [backend.schedule_change(name, {"enabled": enabled})], one=True)
 
 
 def _show(ctx: CliContext, schedules: list[dict[str, Any]], *, one: bool = False) -> None:
