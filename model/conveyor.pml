@@ -164,6 +164,23 @@ inline claim(m, me, a, held) {
     }
 }
 
+/* The handler runs while the lease is renewed, fenced; a renewal that finds the task lost (the
+   keeper's own write, or the center's "stop" answer) stops the handler. May crash. Jumps to the
+   caller's labels. */
+inline run_handler(a, me) {
+    do
+    :: atomic { OWNS(a, me) -> lease = true }
+    :: atomic { !OWNS(a, me) -> goto ack }
+    :: break
+    :: CRASH -> goto crash
+    od
+}
+
+/* The broker duplicates a message (bounded). */
+inline duplicate(m) {
+    atomic { dup_budget > 0 && nempty(tasks) && nfull(tasks) -> dup_budget--; tasks?<m>; tasks!!m }
+}
+
 proctype Worker(byte id) {
     byte me = id, m, a, g;
     bool held = false, pub;
@@ -172,12 +189,7 @@ end_idle:
     :: nempty(tasks) ->
         atomic { RECEIVE(m); held = true }
         claim(m, me, a, held);
-        do                                    /* the handler runs; the keeper renews */
-        :: atomic { OWNS(a, me) -> lease = true }
-        :: atomic { !OWNS(a, me) -> goto ack }  /* renewal failed: lost it, stop the handler */
-        :: break
-        :: CRASH -> goto crash
-        od;
+        run_handler(a, me);                   /* the keeper renews */
         if                                    /* outcome, fenced */
         :: atomic { OWNS(a, me) -> RECORD_SUCCESS(a, me) }
         :: atomic { !OWNS(a, me) -> skip }    /* fenced off: changes nothing */
@@ -195,7 +207,7 @@ end_idle:
         :: else -> skip
         fi;
 ack:    atomic { held = false; m = 0; a = 0; g = 0; pub = false }  /* locals reset: fewer states */
-    :: atomic { dup_budget > 0 && nempty(tasks) && nfull(tasks) -> dup_budget--; tasks?<m>; tasks!!m }  /* a duplicate */
+    :: duplicate(m)
     od;
 crash:
     if
@@ -219,12 +231,7 @@ end_idle:
     :: nempty(tasks) ->
         atomic { RECEIVE(m); held = true }
         claim(m, me, a, held);
-        do                                    /* the handler runs; heartbeats renew */
-        :: atomic { OWNS(a, me) -> lease = true }
-        :: atomic { !OWNS(a, me) -> goto ack }  /* answered "stop": lost it, stop the handler */
-        :: break
-        :: CRASH -> goto crash
-        od;
+        run_handler(a, me);                   /* renewed by heartbeats, answered by the center */
         if
         :: reports!R_SUCCEEDED, a, me         /* confirmed by the broker */
         :: reports!R_FAILED, a, me
@@ -234,7 +241,7 @@ end_idle:
         :: else -> skip
         fi;
 ack:    atomic { held = false; m = 0; a = 0 }
-    :: atomic { dup_budget > 0 && nempty(tasks) && nfull(tasks) -> dup_budget--; tasks?<m>; tasks!!m }  /* a duplicate */
+    :: duplicate(m)
     od;
 crash:
     if
