@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.model.spin import verify
+from tests.model.spin import ONE_CRASHING_FOREIGN_WORKER, ONE_CRASHING_WORKER, TWO_WORKERS_LEASES_LAPSE, verify
 
 pytestmark = pytest.mark.timeout(300)
-
-ONE_CRASHING_WORKER = ("-DNCONVEYOR=1", "-DCRASHES=1", "-DEXPIRIES=1")
-TWO_WORKERS_LEASES_LAPSE = ("-DNCONVEYOR=2", "-DCRASHES=0", "-DEXPIRIES=1")
-# A foreign worker (claim and renewal asked of the center, outcome reported, then acked) and the
-# center applying its reports; one crash anywhere, one lease lapse (duplicates: `make model`).
-ONE_CRASHING_FOREIGN_WORKER = ("-DNCONVEYOR=0", "-DNFOREIGN=1", "-DCRASHES=1", "-DEXPIRIES=1", "-DDUPS=0")
 
 
 @pytest.mark.parametrize("defines", [ONE_CRASHING_WORKER, TWO_WORKERS_LEASES_LAPSE, ONE_CRASHING_FOREIGN_WORKER],
