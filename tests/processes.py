@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 # The call-phase report of each test (stored by the hook in tests/conftest.py), so fixtures that
 # run processes can print their logs when the test failed.
 REPORT_KEY = pytest.StashKey[pytest.TestReport]()

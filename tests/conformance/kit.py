@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import REPO_ROOT
+
 KIT_DIR = REPO_ROOT / "protocol" / "conformance"
 
 

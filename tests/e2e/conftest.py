@@ -27,9 +27,8 @@ from conveyor.config import Settings
 from conveyor.model import TaskEvent
 from conveyor.store.sqlite import SqliteStore
 from tests.execlog import EXEC_LOG_ENV, read_executions
-from tests.processes import REPORT_KEY, WorkerProcess, wait_for
+from tests.processes import REPO_ROOT, REPORT_KEY, WorkerProcess, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_APP = "tests.e2e.apps.core_app"
 LEASE_S = 2.0
 HEARTBEAT_S = 0.5

@@ -30,9 +30,8 @@ from conveyor.model import Task, TaskFilter
 from conveyor.service import SubmitRequest, TaskService
 from conveyor.store.postgres import PostgresStore
 from tests.execlog import EXEC_LOG_ENV, Execution, read_executions
-from tests.processes import REPORT_KEY, WorkerProcess, wait_for
+from tests.processes import REPO_ROOT, REPORT_KEY, WorkerProcess, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COUNTING_APP = "tests.integration.apps.counting"
 LEASE_S = 3.0
 HEARTBEAT_S = 1.0

@@ -26,9 +26,8 @@ from conveyor.scheduler.schedule_store import ScheduleStore, open_schedule_store
 from conveyor.scheduler.schedules import Schedule
 from conveyor.store import open_store
 from conveyor.store.base import Store
-from tests.processes import wait_for
+from tests.processes import REPO_ROOT, wait_for
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 WINDOW_S = 10
 LEASE_S, RENEW_S = 3.0, 1.0
 
