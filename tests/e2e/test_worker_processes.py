@@ -203,14 +203,17 @@ def test_tasks_prefetched_by_a_killed_worker_run_again_within_about_the_lease(
         core: ModuleType, workers: Workers, exec_log: Path, db_url: str) -> None:
     doomed = workers.start(node_id="doomed", concurrency=1,  # holds 1 running + 2 prefetched
                            extra_env={"CONVEYOR_PREFETCH": "2"})
-    handles = [core.slow.submit({"seconds": 2.0})] + [core.record_task.delay(n=i) for i in range(5)]
+    # The prefetch must be seen while the first task runs: 4 s (2 s once missed it on a loaded
+    # CI machine). The rescuer's deadline is about the lease plus that task's own run.
+    slow_s = 4.0
+    handles = [core.slow.submit({"seconds": slow_s})] + [core.record_task.delay(n=i) for i in range(5)]
     wait_for(lambda: read_executions(exec_log), 10.0, "the first task to start")
-    wait_for(lambda: leased_messages(db_url) == 3, 5.0, "the worker to prefetch two more")
+    wait_for(lambda: leased_messages(db_url) == 3, slow_s, "the worker to prefetch two more")
 
     doomed.kill_all()
     workers.start(node_id="rescuer", concurrency=2)
 
-    tasks = wait_final(core, handles, 3 * LEASE_S + 5.0)
+    tasks = wait_final(core, handles, 3 * LEASE_S + slow_s + 3.0)
     assert {t.status for t in tasks} == {TaskStatus.SUCCEEDED}
     assert set(run_counts(exec_log)) == {str(h.id) for h in handles}
 
